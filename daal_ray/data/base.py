@@ -1,0 +1,193 @@
+"""The dataset protocol and its registry.
+
+A dataset serves two splits, ``train`` (the active-learning pool) and ``test``. Every
+sample has a stable int64 ``sample_id`` within its split; rows are always addressed by id,
+never by position, so a pool can be sharded, shuffled and resumed freely.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from daal_ray.config import DataConfig, TrainConfig
+from daal_ray.errors import ConfigError, DataError
+
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = ("train", "test")
+
+
+class PoolDataset(abc.ABC):
+    """One dataset: ids, images and targets of its ``train`` and ``test`` splits.
+
+    Subclasses set the class attributes and implement the three abstract methods.
+    ``images`` returns normalised float tensors ``[n, C, H, W]``; ``targets`` returns one
+    int64 class per sample for classification.
+    """
+
+    name: str = ""
+    task: Literal["classification", "segmentation"] = "classification"
+    num_classes: int = 0
+    in_channels: int = 3
+    default_model: str = "small_cnn"
+
+    @abc.abstractmethod
+    def sample_ids(self, split: Split) -> np.ndarray:
+        """All ids of ``split``, int64, in a fixed order."""
+
+    @abc.abstractmethod
+    def images(self, split: Split, ids: np.ndarray) -> torch.Tensor:
+        """Normalised images of ``ids``, float32 ``[n, C, H, W]``, in the order of ``ids``."""
+
+    @abc.abstractmethod
+    def targets(self, split: Split, ids: np.ndarray) -> np.ndarray:
+        """Ground-truth targets of ``ids`` (the simulated oracle and the test metric)."""
+
+    @classmethod
+    def default_train(cls) -> TrainConfig:
+        """The training recipe used when the user does not override it."""
+        return TrainConfig(model=cls.default_model)
+
+    def torch_dataset(self, split: Split, ids: np.ndarray, targets: np.ndarray | None = None) -> TorchDataset:
+        """A map-style torch dataset over ``ids`` yielding ``(image, target)``.
+
+        ``targets`` overrides the dataset's own (labels a person gave).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        if targets is None:
+            targets = self.targets(split, ids)
+        return _IdDataset(self, split, ids, np.asarray(targets))
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
+class _IdDataset(TorchDataset):
+    """Loads images in batches through ``PoolDataset.images``; targets are given."""
+
+    def __init__(self, source: PoolDataset, split: Split, ids: np.ndarray, targets: np.ndarray) -> None:
+        if len(ids) != len(targets):
+            raise DataError(f"{len(ids)} ids but {len(targets)} targets")
+        self.source, self.split, self.ids, self.targets = source, split, ids, targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        x = self.source.images(self.split, self.ids[i : i + 1])[0]
+        return x, torch.as_tensor(self.targets[i])
+
+    def __getitems__(self, idx: list[int]):
+        # Batched fetch: one call per batch instead of one per sample.
+        idx_arr = np.asarray(idx)
+        x = self.source.images(self.split, self.ids[idx_arr])
+        y = torch.as_tensor(self.targets[idx_arr])
+        return [(x[j], y[j]) for j in range(len(idx_arr))]
+
+
+class InMemoryDataset(PoolDataset):
+    """A dataset whose splits fit in memory as uint8/float arrays plus labels."""
+
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __init__(self, arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        # arrays[split] = (ids int64 [n], images [n, C, H, W] (uint8 or float), labels int64 [n])
+        self._ids: dict[str, np.ndarray] = {}
+        self._pos: dict[str, dict] = {}
+        self._x: dict[str, np.ndarray] = {}
+        self._y: dict[str, np.ndarray] = {}
+        for split, (ids, x, y) in arrays.items():
+            ids = np.asarray(ids, dtype=np.int64)
+            if len(np.unique(ids)) != len(ids):
+                raise DataError(f"dataset {self.name}: duplicate sample ids in split {split}")
+            if not (len(ids) == len(x) == len(y)):
+                raise DataError(f"dataset {self.name}: split {split} has {len(ids)} ids, {len(x)} images, {len(y)} labels")
+            if len(ids) == 0:
+                raise DataError(f"dataset {self.name}: split {split} is empty")
+            y = np.asarray(y, dtype=np.int64)
+            bad = (y < 0) | (y >= self.num_classes)
+            if bad.any():
+                raise DataError(f"dataset {self.name}: split {split} has labels outside [0, {self.num_classes}), "
+                                f"e.g. sample ids {ids[bad][:5].tolist()}")
+            order = np.argsort(ids, kind="stable")
+            self._ids[split] = ids
+            self._pos[split] = (ids[order], order)
+            self._x[split] = x
+            self._y[split] = y
+        m = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        s = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        self._norm = (torch.from_numpy(m), torch.from_numpy(s))
+
+    def _rows(self, split: str, ids: np.ndarray) -> np.ndarray:
+        self._check_split(split)
+        ids = np.asarray(ids, dtype=np.int64)
+        sorted_ids, order = self._pos[split]
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.minimum(pos, len(sorted_ids) - 1)
+        if ids.size and np.any(sorted_ids[pos] != ids):
+            bad = ids[sorted_ids[pos] != ids][:5].tolist()
+            raise DataError(f"dataset {self.name}: sample ids {bad} are not in split {split}")
+        return order[pos]
+
+    def sample_ids(self, split: Split) -> np.ndarray:
+        self._check_split(split)
+        return self._ids[split].copy()
+
+    def images(self, split: Split, ids: np.ndarray) -> torch.Tensor:
+        x = self._x[split][self._rows(split, ids)]
+        t = torch.from_numpy(np.ascontiguousarray(x)).float()
+        if x.dtype == np.uint8:
+            t = t / 255.0
+        mean, std = self._norm
+        return (t - mean) / std
+
+    def targets(self, split: Split, ids: np.ndarray) -> np.ndarray:
+        return self._y[split][self._rows(split, ids)].copy()
+
+
+_REGISTRY: dict[str, Callable[[DataConfig], PoolDataset]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_dataset(name: str, description: str = "") -> Callable:
+    """Class or factory decorator: ``@register_dataset("digits")``; the factory takes a DataConfig."""
+
+    def deco(factory: Callable[[DataConfig], PoolDataset]):
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        _DESCRIPTIONS[name] = description or (factory.__doc__ or "").strip().splitlines()[0]
+        return factory
+
+    return deco
+
+
+def dataset_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def dataset_descriptions() -> dict[str, str]:
+    return {k: _DESCRIPTIONS[k] for k in sorted(_DESCRIPTIONS)}
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown dataset {name!r}; registered datasets: {', '.join(dataset_names())}")
+
+
+def get_dataset_class(name: str) -> type[PoolDataset]:
+    """The registered class of ``name`` (no data is read)."""
+    check_dataset_name(name)
+    return _REGISTRY[name]  # type: ignore[return-value]
+
+
+def get_dataset(config: DataConfig) -> PoolDataset:
+    """Build the dataset ``config.name`` (``DataError`` if its files are missing or bad)."""
+    check_dataset_name(config.name)
+    return _REGISTRY[config.name](config)

@@ -1,0 +1,13 @@
+"""Task models behind a registry; each exposes its penultimate features."""
+
+from daal_ray.models.base import (
+    TaskModel,
+    build_model,
+    check_model_name,
+    model_descriptions,
+    model_names,
+    register_model,
+)
+from daal_ray.models import small, wrn  # noqa: F401  (registration)
+
+__all__ = ["TaskModel", "build_model", "check_model_name", "model_descriptions", "model_names", "register_model"]

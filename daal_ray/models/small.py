@@ -1,0 +1,28 @@
+"""A small CNN for tiny images (digits) and quick runs on any image size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from daal_ray.models.base import TaskModel, register_model
+
+
+@register_model("small_cnn")
+class SmallCNN(TaskModel):
+    """Two conv blocks and a 128-d hidden layer; works on any image size (adaptive pooling)."""
+
+    def __init__(self, num_classes: int, in_channels: int, width: int = 32, feature_dim: int = 128) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, feature_dim), nn.ReLU(inplace=True))
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.hidden(self.body(x))
+        return f, self.head(f)

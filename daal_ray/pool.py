@@ -1,0 +1,341 @@
+"""PoolState: which sample was labeled in which cycle, the pending batch, the history.
+
+The state is a set of columns keyed by ``sample_id`` (int64, sorted, unique):
+
+* ``labeled_cycle`` (int32): the cycle whose commit labeled the sample, -1 = unlabeled.
+* ``label`` (int64): the label the oracle gave, -1 = none (unlabeled, or a task whose
+  targets are not one class per sample, such as segmentation masks).
+* ``pending`` (bool): the sample is in the proposed batch that awaits labels.
+
+Cycle 0 is the initial labeled pool; cycle ``c > 0`` adds the batch selected after the
+task model of cycle ``c - 1`` was trained. A batch is *proposed* (recorded as pending and
+persisted) before labels are asked for, then *committed*; both are idempotent, so a crash
+anywhere loses no committed label and never spends budget twice.
+
+It is saved as one parquet file by atomic replace (temp file, fsync, rename), with its
+history, run id and a content hash in the file's metadata; loading checks the hash and
+every invariant and refuses a corrupt or foreign file with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from daal_ray.errors import PoolStateError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "daal-ray/pool-state"
+VERSION = 1
+_META_KEY = b"daal_ray"
+
+
+def _as_ids(ids: Iterable[int] | np.ndarray, what: str = "sample ids") -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return arr.astype(np.int64).reshape(0)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise PoolStateError(f"{what} must be a 1-d array of integers, got shape {arr.shape} dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    """One committed cycle: what was added and when."""
+
+    cycle: int
+    num_added: int
+    num_labeled: int
+    strategy: str
+    committed_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class PoolState:
+    """The labeled/unlabeled split of one experiment's pool.
+
+    Args:
+        sample_ids: every id of the pool (the training split), unique int64.
+        run_id: identifies the experiment; a saved file of another run is refused.
+    """
+
+    def __init__(self, sample_ids: Sequence[int] | np.ndarray, run_id: str) -> None:
+        ids = _as_ids(sample_ids, "pool sample ids")
+        if ids.size == 0:
+            raise PoolStateError("the pool is empty")
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
+        if np.any(ids[1:] == ids[:-1]):
+            dup = ids[1:][ids[1:] == ids[:-1]][:5].tolist()
+            raise PoolStateError(f"duplicate sample ids in the pool, e.g. {dup}")
+        self.run_id = run_id
+        self.sample_ids = ids
+        self.labeled_cycle = np.full(ids.size, -1, dtype=np.int32)
+        self.label = np.full(ids.size, -1, dtype=np.int64)
+        self.pending = np.zeros(ids.size, dtype=bool)
+        self.pending_cycle: Optional[int] = None
+        self.history: list[CycleRecord] = []
+
+    # ----------------------------------------------------------------- queries
+    def __len__(self) -> int:
+        return int(self.sample_ids.size)
+
+    @property
+    def next_cycle(self) -> int:
+        """The cycle the next commit will record (0 = the initial pool)."""
+        return len(self.history)
+
+    def labeled_ids(self) -> np.ndarray:
+        return self.sample_ids[self.labeled_cycle >= 0]
+
+    def labeled_labels(self) -> np.ndarray:
+        return self.label[self.labeled_cycle >= 0]
+
+    def unlabeled_ids(self) -> np.ndarray:
+        return self.sample_ids[self.labeled_cycle < 0]
+
+    def pending_ids(self) -> np.ndarray:
+        return self.sample_ids[self.pending]
+
+    def ids_of_cycle(self, cycle: int) -> np.ndarray:
+        return self.sample_ids[self.labeled_cycle == cycle]
+
+    def _positions(self, ids: np.ndarray, what: str) -> np.ndarray:
+        pos = np.searchsorted(self.sample_ids, ids)
+        pos_clipped = np.minimum(pos, self.sample_ids.size - 1)
+        missing = self.sample_ids[pos_clipped] != ids
+        if np.any(missing):
+            raise PoolStateError(f"{what}: {int(missing.sum())} id(s) are not in the pool, e.g. {ids[missing][:5].tolist()}")
+        return pos
+
+    # ----------------------------------------------------------------- updates
+    def propose(self, cycle: int, ids: Iterable[int] | np.ndarray, expected_size: Optional[int] = None) -> np.ndarray:
+        """Record ``ids`` as the pending batch of ``cycle`` and return the pending batch.
+
+        If ``cycle`` already has a pending batch (a crash came between propose and commit),
+        that batch is returned unchanged and ``ids`` are ignored: budget is never spent
+        twice. If ``cycle`` was committed already, its committed ids are returned.
+
+        Raises:
+            PoolStateError: the ids repeat, are outside the pool, are labeled already, or
+                are not ``expected_size`` many; or ``cycle`` skips ahead.
+        """
+        if cycle < self.next_cycle:
+            return self.ids_of_cycle(cycle)
+        if cycle > self.next_cycle:
+            raise PoolStateError(f"cannot propose for cycle {cycle}: the next cycle is {self.next_cycle}")
+        if self.pending_cycle is not None:
+            if self.pending_cycle != cycle:  # unreachable unless the state was edited by hand
+                raise PoolStateError(f"cycle {self.pending_cycle} is pending, cannot propose cycle {cycle}")
+            return self.pending_ids()
+        ids = _as_ids(ids)
+        if np.unique(ids).size != ids.size:
+            raise PoolStateError(f"proposed batch for cycle {cycle} repeats sample ids")
+        if expected_size is not None and ids.size != expected_size:
+            raise PoolStateError(f"proposed batch for cycle {cycle} has {ids.size} ids, expected {expected_size}")
+        if ids.size == 0:
+            raise PoolStateError(f"proposed batch for cycle {cycle} is empty")
+        pos = self._positions(ids, f"proposed batch for cycle {cycle}")
+        already = self.labeled_cycle[pos] >= 0
+        if np.any(already):
+            raise PoolStateError(
+                f"proposed batch for cycle {cycle} holds {int(already.sum())} labeled id(s), e.g. {ids[already][:5].tolist()}"
+            )
+        self.pending[pos] = True
+        self.pending_cycle = cycle
+        return self.pending_ids()
+
+    def commit(self, cycle: int, ids: Iterable[int] | np.ndarray, labels: Optional[Sequence[int] | np.ndarray] = None,
+               strategy: str = "") -> bool:
+        """Label the pending batch of ``cycle``. Idempotent.
+
+        Returns:
+            True if this call changed the state, False if ``cycle`` was committed already
+            with these same ids.
+
+        Raises:
+            PoolStateError: ``ids`` differ from the pending (or committed) batch, nothing
+                is pending, or the labels do not match the ids.
+        """
+        ids = np.sort(_as_ids(ids))
+        if cycle < self.next_cycle:
+            done = np.sort(self.ids_of_cycle(cycle))
+            if not np.array_equal(done, ids):
+                raise PoolStateError(f"cycle {cycle} was committed with other ids; refusing a second, different commit")
+            return False
+        if self.pending_cycle != cycle:
+            raise PoolStateError(f"nothing is pending for cycle {cycle}; propose the batch first")
+        pending = self.pending_ids()  # sorted, since sample_ids are
+        if not np.array_equal(pending, ids):
+            raise PoolStateError(
+                f"commit for cycle {cycle} names {ids.size} ids but the pending batch has {pending.size} other ids"
+            )
+        pos = self._positions(ids, f"commit for cycle {cycle}")
+        if labels is not None:
+            lab = np.asarray(labels)
+            if lab.shape != ids.shape or not np.issubdtype(lab.dtype, np.integer):
+                raise PoolStateError(f"labels for cycle {cycle} must be {ids.size} integers, got shape {lab.shape}")
+            self.label[pos] = lab.astype(np.int64)
+        self.labeled_cycle[pos] = cycle
+        self.pending[pos] = False
+        self.pending_cycle = None
+        self.history.append(
+            CycleRecord(cycle=cycle, num_added=int(ids.size), num_labeled=int((self.labeled_cycle >= 0).sum()),
+                        strategy=strategy, committed_at=time.time())
+        )
+        return True
+
+    # -------------------------------------------------------------- invariants
+    def check(self, where: str = "pool state") -> None:
+        """Raise :class:`PoolStateError` naming ``where`` if any invariant is broken."""
+        ids = self.sample_ids
+        n = ids.size
+        for name, arr in (("labeled_cycle", self.labeled_cycle), ("label", self.label), ("pending", self.pending)):
+            if arr.shape != (n,):
+                raise PoolStateError(f"{where}: column {name} has {arr.shape[0]} rows, expected {n}")
+        if n == 0:
+            raise PoolStateError(f"{where}: the pool is empty")
+        if np.any(ids[1:] <= ids[:-1]):
+            raise PoolStateError(f"{where}: sample ids are not unique and sorted")
+        if np.any(self.labeled_cycle < -1) or np.any(self.labeled_cycle >= self.next_cycle):
+            raise PoolStateError(f"{where}: a labeled cycle is outside [-1, {self.next_cycle - 1}]")
+        if np.any(self.pending & (self.labeled_cycle >= 0)):
+            raise PoolStateError(f"{where}: a sample is both pending and labeled")
+        if (self.pending_cycle is None) == bool(self.pending.any()):
+            raise PoolStateError(f"{where}: pending flags and pending cycle disagree")
+        if self.pending_cycle is not None and self.pending_cycle != self.next_cycle:
+            raise PoolStateError(f"{where}: pending cycle {self.pending_cycle} is not the next cycle {self.next_cycle}")
+        for rec in self.history:
+            count = int((self.labeled_cycle == rec.cycle).sum())
+            if count != rec.num_added:
+                raise PoolStateError(f"{where}: cycle {rec.cycle} records {rec.num_added} labeled ids but {count} carry it")
+        if [r.cycle for r in self.history] != list(range(len(self.history))):
+            raise PoolStateError(f"{where}: history cycles are not 0..{len(self.history) - 1}")
+
+    # -------------------------------------------------------------- persistence
+    def _table(self) -> pa.Table:
+        return pa.table({
+            "sample_id": pa.array(self.sample_ids, pa.int64()),
+            "labeled_cycle": pa.array(self.labeled_cycle, pa.int32()),
+            "label": pa.array(self.label, pa.int64()),
+            "pending": pa.array(self.pending, pa.bool_()),
+        })
+
+    def _digest(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.sample_ids, self.labeled_cycle, self.label, self.pending):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: temp file, fsync, rename; the previous file is kept as ``.prev``."""
+        self.check()
+        path = Path(path)
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "run_id": self.run_id,
+            "pending_cycle": self.pending_cycle,
+            "history": [r.to_dict() for r in self.history],
+            "sha256": self._digest(),
+        }
+        table = self._table().replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+        atomic_write_table(table, path, keep_previous=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, run_id: Optional[str] = None) -> "PoolState":
+        """Read and verify a saved state.
+
+        Raises:
+            PoolStateError: naming ``path`` when it is unreadable, not a daal-ray state,
+                of another run (``run_id`` given and different), or breaks an invariant.
+        """
+        path = Path(path)
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # pyarrow raises several types for torn files
+            raise PoolStateError(f"pool state {path} is corrupt or truncated ({exc}); "
+                                 f"the previous good state is {path.with_suffix(path.suffix + '.prev')}") from exc
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        if raw is None:
+            raise PoolStateError(f"{path} is not a daal-ray pool-state file (no {_META_KEY.decode()} metadata)")
+        try:
+            meta = json.loads(raw)
+        except ValueError as exc:
+            raise PoolStateError(f"pool state {path} has unreadable metadata") from exc
+        if meta.get("format") != FORMAT:
+            raise PoolStateError(f"{path} is not a daal-ray pool-state file (format {meta.get('format')!r})")
+        if meta.get("version") != VERSION:
+            raise PoolStateError(f"pool state {path} has version {meta.get('version')}, this daal-ray reads {VERSION}")
+        if run_id is not None and meta.get("run_id") != run_id:
+            raise PoolStateError(f"pool state {path} belongs to run {meta.get('run_id')!r}, not {run_id!r}; "
+                                 f"use another run directory or the matching config")
+        expected = {"sample_id", "labeled_cycle", "label", "pending"}
+        if set(table.column_names) != expected:
+            raise PoolStateError(f"pool state {path} has columns {table.column_names}, expected {sorted(expected)}")
+        state = cls.__new__(cls)
+        state.run_id = meta["run_id"]
+        state.sample_ids = table["sample_id"].to_numpy().astype(np.int64)
+        state.labeled_cycle = table["labeled_cycle"].to_numpy().astype(np.int32)
+        state.label = table["label"].to_numpy().astype(np.int64)
+        state.pending = table["pending"].to_numpy(zero_copy_only=False).astype(bool)
+        state.pending_cycle = meta["pending_cycle"]
+        state.history = [CycleRecord(**r) for r in meta["history"]]
+        if state._digest() != meta.get("sha256"):
+            raise PoolStateError(f"pool state {path} is corrupt: its content does not match its checksum")
+        state.check(where=f"pool state {path}")
+        return state
+
+
+def atomic_write_table(table: pa.Table, path: Path, keep_previous: bool = False) -> None:
+    """Write ``table`` to ``path`` so that a reader sees the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            prev = path.with_name(path.name + ".prev")
+            prev_tmp = path.with_name(f".{prev.name}.tmp-{os.getpid()}")
+            try:
+                os.link(path, prev_tmp)
+            except OSError:  # file systems without hard links
+                import shutil
+
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

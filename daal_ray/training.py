@@ -1,0 +1,229 @@
+"""Per-worker training and evaluation of the task model (runs inside Ray Train workers).
+
+Flat, explicit functions in the torchvision-references style: :func:`fit_task_model`
+retrains a model from scratch on the labeled ids with DDP when the worker group has more
+than one rank, and :func:`evaluate` returns a confusion matrix all-reduced over ranks.
+They also run in a plain process (world size 1), which is how the unit tests call them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from daal_ray.config import TrainConfig
+from daal_ray.data.base import PoolDataset
+from daal_ray.errors import ConfigError, DataError
+from daal_ray.models import TaskModel, build_model
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ distributed helpers
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the current process group, ``(0, 1)`` outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from rank ``src`` to every rank (identity when alone)."""
+    rank, size = world()
+    if size == 1:
+        return obj
+    box = [obj if rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (experiment seed, cycle, purpose)."""
+    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+# ------------------------------------------------------------------ optimisation
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"Invalid optimizer {cfg.optimizer!r}. Only sgd and adam are supported.")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _collate(items):
+    xs, ys = zip(*items)
+    return torch.stack(xs), torch.stack(ys)
+
+
+@dataclass
+class FitStats:
+    epochs: int
+    steps: int
+    first_loss: float
+    last_loss: float
+    seconds: float
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    device: torch.device) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss, steps)."""
+    model.train()
+    total, steps = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y, ignore_index=255)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())  # a CPU-GPU sync point, once per step; fine at these sizes
+        steps += 1
+    return total / max(steps, 1), steps
+
+
+def fit_task_model(dataset: PoolDataset, ids: np.ndarray, targets: np.ndarray, cfg: TrainConfig, *,
+                   seed: int, device: torch.device, progress: Optional[Any] = None) -> tuple[TaskModel, FitStats]:
+    """Train a fresh task model on ``ids`` (with their ``targets``) and return it.
+
+    Under a process group each rank trains on its shard of every epoch (DistributedSampler)
+    and DDP averages the gradients; the batch size per rank is ``cfg.batch_size`` divided
+    by the world size. The returned model is the unwrapped module.
+    """
+    rank, size = world()
+    if len(ids) == 0:
+        raise DataError("no labeled samples to train on")
+    seed_everything(seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels).to(device)
+    net: nn.Module = model
+    if size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_set = dataset.torch_dataset("train", ids, targets)
+    sampler = DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True, seed=seed % 2**31, drop_last=False)
+    per_rank = max(1, cfg.batch_size // size)
+    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, collate_fn=_collate,
+                        pin_memory=device.type == "cuda")
+    optimizer = make_optimizer(net, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    t0 = time.perf_counter()
+    first = last = math.nan
+    steps = 0
+    for epoch in range(cfg.epochs):
+        sampler.set_epoch(epoch)
+        loss, n = train_one_epoch(net, loader, optimizer, device)
+        scheduler.step()
+        steps += n
+        first = loss if epoch == 0 else first
+        last = loss
+        if progress is not None:
+            progress(epoch, loss)
+    return model, FitStats(cfg.epochs, steps, first, last, time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def evaluate(model: TaskModel, dataset: PoolDataset, *, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Confusion matrix ``[num_classes, num_classes]`` (rows = truth) over the test split.
+
+    Each rank scores its shard of the test ids; the matrices are summed over ranks, so
+    every rank returns the same full matrix. Targets equal to 255 are ignored.
+    """
+    rank, size = world()
+    ids = dataset.sample_ids("test")[rank::size]
+    c = dataset.num_classes
+    conf = torch.zeros(c * c, dtype=torch.int64, device=device)
+    model.eval()
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        x = dataset.images("test", chunk).to(device)
+        y = torch.as_tensor(dataset.targets("test", chunk), device=device)
+        pred = model(x).argmax(1)
+        keep = y != 255
+        conf += torch.bincount(y[keep].flatten() * c + pred[keep].flatten(), minlength=c * c)
+    if size > 1:
+        dist.all_reduce(conf)
+    return conf.view(c, c).cpu().numpy()
+
+
+def accuracy(confusion: np.ndarray) -> float:
+    total = confusion.sum()
+    return float(np.trace(confusion) / total) if total else float("nan")
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """Mean intersection-over-union over classes that occur in truth or prediction."""
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    valid = union > 0
+    return float((inter[valid] / union[valid]).mean()) if valid.any() else float("nan")
+
+
+METRICS = {"accuracy": accuracy, "miou": mean_iou}
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(model: nn.Module, directory: Path, meta: dict) -> Path:
+    """Write ``model.pt`` (a state_dict of tensors only) and ``meta.json`` atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    for name, data in (("model.pt", buf.getvalue()), ("meta.json", json.dumps(meta, sort_keys=True).encode())):
+        tmp = directory / f".{name}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / name)
+    return directory
+
+
+def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Load a state_dict with ``weights_only=True``: a checkpoint carrying a pickled object is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"checkpoint {path} is unreadable or holds more than tensors ({exc})") from exc
+
+
+def load_checkpoint_meta(directory: Path) -> Optional[dict]:
+    """The meta of a complete checkpoint in ``directory``, or None if there is none."""
+    meta, model = directory / "meta.json", directory / "model.pt"
+    if not (meta.is_file() and model.is_file()):
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except ValueError:
+        return None
