@@ -239,6 +239,9 @@ class ScaleConfig(_Config):
         gpus_per_worker: GPUs each Train worker reserves when ``use_gpu``.
         torch_threads: intra-op threads per process (0 = ``cpus_per_worker``).
         inference_actors: Ray Data actors that extract features and score the pool.
+        inference_compute: ``actors`` (a stateful predictor per actor; the default) or
+            ``tasks`` (the same predictor cached per Ray worker process; saves the actor
+            start-up each cycle on small pools).
         inference_batch_size: rows per Ray Data batch.
         cpus_per_inference_actor: logical CPUs each inference actor reserves.
         gpus_per_inference_actor: GPUs each inference actor reserves (fractions share a GPU).
@@ -251,6 +254,7 @@ class ScaleConfig(_Config):
     gpus_per_worker: float = 1.0
     torch_threads: int = 0
     inference_actors: int = 1
+    inference_compute: Literal["actors", "tasks"] = "actors"
     inference_batch_size: int = 512
     cpus_per_inference_actor: float = 1.0
     gpus_per_inference_actor: float = 0.0

@@ -170,7 +170,9 @@ class PoolState:
             PoolStateError: ``ids`` differ from the pending (or committed) batch, nothing
                 is pending, or the labels do not match the ids.
         """
-        ids = np.sort(_as_ids(ids))
+        raw = _as_ids(ids)
+        order = np.argsort(raw, kind="stable")
+        ids = raw[order]
         if cycle < self.next_cycle:
             done = np.sort(self.ids_of_cycle(cycle))
             if not np.array_equal(done, ids):
@@ -188,7 +190,7 @@ class PoolState:
             lab = np.asarray(labels)
             if lab.shape != ids.shape or not np.issubdtype(lab.dtype, np.integer):
                 raise PoolStateError(f"labels for cycle {cycle} must be {ids.size} integers, got shape {lab.shape}")
-            self.label[pos] = lab.astype(np.int64)
+            self.label[pos] = lab[order].astype(np.int64)  # labels follow their ids, in any order
         self.labeled_cycle[pos] = cycle
         self.pending[pos] = False
         self.pending_cycle = None
@@ -278,6 +280,8 @@ class PoolState:
             meta = json.loads(raw)
         except ValueError as exc:
             raise PoolStateError(f"pool state {path} has unreadable metadata") from exc
+        if not isinstance(meta, dict):
+            raise PoolStateError(f"pool state {path} has malformed metadata (not an object)")
         if meta.get("format") != FORMAT:
             raise PoolStateError(f"{path} is not a daal-ray pool-state file (format {meta.get('format')!r})")
         if meta.get("version") != VERSION:
@@ -289,13 +293,16 @@ class PoolState:
         if set(table.column_names) != expected:
             raise PoolStateError(f"pool state {path} has columns {table.column_names}, expected {sorted(expected)}")
         state = cls.__new__(cls)
-        state.run_id = meta["run_id"]
-        state.sample_ids = table["sample_id"].to_numpy().astype(np.int64)
-        state.labeled_cycle = table["labeled_cycle"].to_numpy().astype(np.int32)
-        state.label = table["label"].to_numpy().astype(np.int64)
-        state.pending = table["pending"].to_numpy(zero_copy_only=False).astype(bool)
-        state.pending_cycle = meta["pending_cycle"]
-        state.history = [CycleRecord(**r) for r in meta["history"]]
+        try:
+            state.run_id = meta["run_id"]
+            state.sample_ids = table["sample_id"].to_numpy().astype(np.int64)
+            state.labeled_cycle = table["labeled_cycle"].to_numpy().astype(np.int32)
+            state.label = table["label"].to_numpy().astype(np.int64)
+            state.pending = table["pending"].to_numpy(zero_copy_only=False).astype(bool)
+            state.pending_cycle = meta["pending_cycle"]
+            state.history = [CycleRecord(**r) for r in meta["history"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PoolStateError(f"pool state {path} has malformed metadata ({exc!r})") from exc
         if state._digest() != meta.get("sha256"):
             raise PoolStateError(f"pool state {path} is corrupt: its content does not match its checksum")
         state.check(where=f"pool state {path}")

@@ -1,0 +1,126 @@
+"""Benchmark: the digits main job's wall time, per cycle split into steps, and its
+orchestration share.
+
+Runs the main job's experiments (paper protocol, 2 seeds, the job's default strategies)
+under several settings in one process, one after another, on one Ray instance:
+
+* ``concurrent``: as the job runs by default (experiments in parallel, inference actors);
+* ``sequential``: one experiment at a time, so step times are not inflated by contention;
+* ``sequential-tasks``: the same with ``inference_compute=tasks``.
+
+Orchestration is everything that is not compute: Ray start-up, the Train worker group's
+start-up, Ray Data scheduling and actor start-up, Tune and ALDriver round trips. Compute is
+measured in this process with plain PyTorch on one thread: training and evaluating the task
+model on each cycle's labeled set (the ``train_s`` the workers report) plus a forward pass
+over the pool and the scoring (timed here for the pool size).
+
+    python bench/digits_main.py                      # all three settings, ~12 min on 2 cores
+    python bench/digits_main.py --settings concurrent
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daal_ray.acquisition import strategy_names
+from daal_ray.acquisition.entropy import predictive_entropy
+from daal_ray.data import get_dataset
+from daal_ray.models import build_model
+from daal_ray.runtime import init_ray, quiet_ray_data
+from daal_ray.tuning import plan_experiments, run_experiments
+
+SETTINGS = {
+    "concurrent": dict(trial_concurrency=0, inference_compute="actors"),
+    "sequential": dict(trial_concurrency=1, inference_compute="actors"),
+    "sequential-tasks": dict(trial_concurrency=1, inference_compute="tasks"),
+}
+
+
+def pool_pass_seconds(cfg, repeats: int = 5) -> float:
+    """Plain-PyTorch time of one forward + entropy pass over the pool, one thread."""
+    torch.set_num_threads(1)
+    ds = get_dataset(cfg.data)
+    ids = ds.sample_ids("train")
+    model = build_model(cfg.train.model, num_classes=ds.num_classes, in_channels=ds.in_channels).eval()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for s in range(0, len(ids), cfg.scale.inference_batch_size):
+                chunk = ids[s : s + cfg.scale.inference_batch_size]
+                probs = torch.softmax(model(ds.images("train", chunk)), 1).numpy()
+                predictive_entropy(probs)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run_setting(name: str, strategies: list[str], seeds: int, root: Path) -> dict:
+    configs = plan_experiments(dataset="digits", strategies=strategies, seeds=range(seeds),
+                               scale={"num_workers": 1, **SETTINGS[name]})
+    t0 = time.perf_counter()
+    table = run_experiments(configs, root / name, concurrency=SETTINGS[name]["trial_concurrency"])
+    wall = time.perf_counter() - t0
+    rows = table.to_pylist()
+    fwd = pool_pass_seconds(configs[0])
+    steps = {c: float(sum(r[c] for r in rows)) for c in ("train_s", "features_s", "acq_fit_s", "scoring_s",
+                                                         "selection_s", "overhead_s", "startup_s", "cycle_s")}
+    n_select = sum(1 for r in rows if r["num_selected"] > 0)
+    n_cycles = len(rows)
+    compute = steps["train_s"] + n_select * fwd
+    per_exp = {}
+    for r in rows:
+        per_exp.setdefault(r["experiment"], 0.0)
+        per_exp[r["experiment"]] += r["cycle_s"] + r["startup_s"]
+    return dict(setting=name, experiments=len(configs), cycles=n_cycles, wall_s=wall, steps=steps,
+                pool_pass_s=fwd, compute_s=compute, experiment_s=sum(per_exp.values()),
+                metric_at_end={r["experiment"]: r["value"] for r in rows if r["num_selected"] == 0})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
+    p.add_argument("--strategies", default=",".join(s for s in ("random", "entropy", "daal") if s in strategy_names()))
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--out", default="bench/results/digits_main.json")
+    args = p.parse_args()
+    t_init = time.perf_counter()
+    init_ray()
+    quiet_ray_data()
+    ray_init_s = time.perf_counter() - t_init
+    root = Path(tempfile.mkdtemp(prefix="daal-bench-"))
+    results = []
+    try:
+        for name in args.settings.split(","):
+            results.append(run_setting(name, args.strategies.split(","), args.seeds, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"ray.init: {ray_init_s:.1f} s")
+    print("| setting | experiments | job wall (s) | experiment-seconds | compute (s) | orchestration share | "
+          "train | startup | features | scoring | overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        s = r["steps"]
+        share = 1 - r["compute_s"] / r["experiment_s"]
+        print(f"| {r['setting']} | {r['experiments']} | {r['wall_s']:.1f} | {r['experiment_s']:.1f} | "
+              f"{r['compute_s']:.1f} | {share:.0%} | {s['train_s']:.1f} | {s['startup_s']:.1f} | "
+              f"{s['features_s']:.1f} | {s['scoring_s']:.1f} | {s['overhead_s']:.1f} |")
+    per_cycle = {r["setting"]: {k: v / r["cycles"] for k, v in r["steps"].items()} for r in results}
+    print("\nper cycle (mean over every experiment's cycles, seconds):")
+    for name, d in per_cycle.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in d.items()))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"ray_init_s": ray_init_s, "results": results}, indent=2))
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()

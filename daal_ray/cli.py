@@ -1,0 +1,181 @@
+"""The ``daal-ray`` command line.
+
+    daal-ray run --dataset digits --strategy random,entropy --seeds 2 --run-dir runs/digits
+    daal-ray strategies            # every registered strategy, one line each
+    daal-ray datasets | models     # the registered datasets and task models
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from daal_ray.errors import DaalRayError
+
+logger = logging.getLogger("daal_ray")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, strategies: Optional[str] = None,
+                      seeds: int = 1, run_dir: str = "runs") -> None:
+    """Arguments shared by ``daal-ray run`` and the job scripts.
+
+    Flags left out do not override a ``--config`` file; what neither sets takes the
+    dataset's recipe and the paper's protocol.
+    """
+    g = p.add_argument_group("experiment")
+    g.add_argument("--config", default=None, metavar="FILE.json",
+                   help="an ExperimentConfig as JSON (any subset of its fields); flags given override it")
+    if with_dataset:
+        g.add_argument("--dataset", default=None, help="registered dataset (default: digits); see `daal-ray datasets`")
+    g.add_argument("--data-root", default=None, help="folder with the dataset's official on-disk layout")
+    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-root")
+    g.add_argument("--strategy", "--strategies", dest="strategies", default=strategies,
+                   help=f"strategy name, or several separated by commas (default: {strategies or 'random'}); "
+                        f"see `daal-ray strategies`")
+    g.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds, 0..N-1 (default: {seeds})")
+    g.add_argument("--seed-offset", type=int, default=0, help="first seed (default: 0)")
+    g.add_argument("--run-dir", default=run_dir, help=f"where runs, results and figures go (default: {run_dir})")
+    g.add_argument("--initial-fraction", type=float, default=None, help="initial labeled fraction (paper: 0.10)")
+    g.add_argument("--step-fraction", type=float, default=None, help="fraction added per cycle (paper: 0.05)")
+    g.add_argument("--final-fraction", type=float, default=None, help="labeled fraction to stop at (paper: 0.40)")
+    g.add_argument("--budget", type=str, default="0",
+                   help="samples labeled per cycle instead of --step-fraction; several separated by commas")
+    t = p.add_argument_group("task model")
+    t.add_argument("--model", default=None, help="registered task model (default: the dataset's); see `daal-ray models`")
+    t.add_argument("--epochs", type=int, default=None, help="training epochs per cycle (default: the dataset's recipe)")
+    t.add_argument("--batch-size", type=int, default=None, help="global training batch size")
+    t.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    r = p.add_argument_group("resources")
+    r.add_argument("--num-workers", type=int, default=None, help="Ray Train workers per experiment (default: 1)")
+    r.add_argument("--use-gpu", action="store_true", default=None, help="train and infer on GPUs")
+    r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per Train worker (default: 1)")
+    r.add_argument("--inference-actors", type=int, default=None, help="Ray Data actors scoring the pool (default: 1)")
+    r.add_argument("--concurrency", type=int, default=None, help="experiments run at once (default: as resources allow)")
+    r.add_argument("--num-cpus", type=int, default=None,
+                   help="logical CPUs of a locally started Ray (default: max(8, 4 x cores)); ignored on a cluster")
+
+
+def _read_config_file(path: Optional[str]) -> dict:
+    if not path:
+        return {}
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DaalRayError(f"config file {path} does not exist") from None
+    except ValueError as exc:
+        raise DaalRayError(f"config file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DaalRayError(f"config file {path} must hold a JSON object of ExperimentConfig fields")
+    return data
+
+
+def _given(*pairs) -> dict:
+    return {k: v for k, v in pairs if v is not None}
+
+
+def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None):
+    from daal_ray.tuning import plan_experiments
+
+    train = _given(("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+    protocol = _given(("initial_fraction", args.initial_fraction), ("step_fraction", args.step_fraction),
+                      ("final_fraction", args.final_fraction))
+    data = _given(("root", args.data_root), ("download", args.download or None))
+    scale = {"num_workers": 1, **_given(("num_workers", args.num_workers), ("use_gpu", args.use_gpu),
+                                        ("cpus_per_worker", args.cpus_per_worker),
+                                        ("inference_actors", args.inference_actors),
+                                        ("trial_concurrency", args.concurrency))}
+    if args.use_gpu:
+        scale.setdefault("gpus_per_inference_actor", 0.25)
+    try:
+        budgets = [int(b) for b in _csv(args.budget)] or [0]
+    except ValueError:
+        raise DaalRayError(f"--budget must be integers separated by commas, got {args.budget!r}") from None
+    if args.seeds < 1:
+        raise DaalRayError(f"--seeds must be >= 1, got {args.seeds}")
+    base = _read_config_file(args.config)
+    if "scale" in base:
+        scale = {**base["scale"], **{k: v for k, v in scale.items() if k != "num_workers" or args.num_workers}}
+    return plan_experiments(dataset=dataset or getattr(args, "dataset", None),
+                            strategies=_csv(args.strategies) if args.strategies else None,
+                            seeds=range(args.seed_offset, args.seed_offset + args.seeds), budgets=budgets,
+                            base=base, data=data, train=train, scale=scale, protocol=protocol)
+
+
+def run_from_args(args: argparse.Namespace, dataset: Optional[str] = None, title: str = "") -> int:
+    """Plan, run, and summarise experiments; used by ``daal-ray run`` and the job scripts."""
+    from daal_ray.results import format_table, plot_learning_curves
+    from daal_ray.runtime import init_ray
+    from daal_ray.tuning import run_experiments
+
+    configs = configs_from_args(args, dataset)
+    run_dir = Path(args.run_dir)
+    logger.info("running %d experiment(s) under %s: %s", len(configs), run_dir, ", ".join(c.name for c in configs))
+    init_ray(num_cpus=args.num_cpus)
+    table = run_experiments(configs, run_dir, concurrency=configs[0].scale.trial_concurrency)
+    png = plot_learning_curves(table, run_dir / "learning_curve.png", title=title)
+    print(format_table(table))
+    print(f"\nresults: {run_dir / 'results.parquet'}\nfigure:  {png}")
+    return 0
+
+
+def _list(kind: str) -> int:
+    if kind == "strategies":
+        from daal_ray.acquisition import strategy_descriptions as describe
+    elif kind == "datasets":
+        from daal_ray.data import dataset_descriptions as describe
+    else:
+        from daal_ray.models import model_descriptions as describe
+    items = describe()
+    width = max(map(len, items))
+    for name, text in items.items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daal-ray",
+        description="Deep active learning (DAAL and its baselines) on Ray.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    run = sub.add_parser("run", help="run active-learning experiments (strategy x seed x budget) and report them",
+                         description="Run the paper's protocol for each strategy, seed and budget; resume if the run "
+                                     "directory holds an interrupted run. Writes results.parquet and "
+                                     "learning_curve.png into --run-dir.")
+    add_run_arguments(run)
+    sub.add_parser("strategies", help="list the registered acquisition strategies")
+    sub.add_parser("datasets", help="list the registered datasets")
+    sub.add_parser("models", help="list the registered task models")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from daal_ray.runtime import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    setup_logging()
+    try:
+        if args.verb == "run":
+            return run_from_args(args)
+        return _list(args.verb)
+    except DaalRayError as exc:
+        print(f"daal-ray: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

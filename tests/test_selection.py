@@ -1,0 +1,175 @@
+"""Exact streaming top-K against a full sort by (score desc, sample_id asc)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daal_ray.errors import DataError
+from daal_ray.selection import StreamingTopK, topk_arrays, topk_batch, topk_stream
+
+N = 1500
+
+
+def _data(seed: int, n: int = N, levels: int = 5):
+    """Unique non-contiguous ids in random order, scores from a small set (many ties)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(10**9, size=n, replace=False).astype(np.int64)
+    scores = rng.integers(0, levels, size=n).astype(np.float64) * 0.5 - 1.0
+    return ids, scores
+
+
+def _reference(ids, scores, k):
+    order = np.lexsort((ids, -scores))[: max(k, 0)]
+    return ids[order], scores[order]
+
+
+def _random_batches(ids, scores, seed, shuffle_batches=False):
+    """Split into many random-size batches (some empty), optionally in random order."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(ids.size)
+    ids, scores = ids[perm], scores[perm]
+    cuts = np.sort(rng.integers(0, ids.size + 1, size=40))
+    bounds = np.concatenate([[0], cuts, [ids.size]])
+    batches = [{"sample_id": ids[a:b], "score": scores[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
+    batches.insert(len(batches) // 2, {"sample_id": ids[:0], "score": scores[:0]})  # an empty block
+    if shuffle_batches:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _assert_result(got, want):
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[0].dtype == np.int64 and got[1].dtype == np.float64
+
+
+KS = [0, 1, 2, 7, 100, 333, N - 1, N, N + 5]
+
+
+def test_data_has_many_ties():
+    ids, scores = _data(0)
+    assert np.unique(scores).size == 5
+    # The k-th place of most ks falls inside a large tie group.
+    assert np.bincount((scores * 2 + 2).astype(int)).min() > 200
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_topk_arrays_matches_full_sort(k, seed):
+    ids, scores = _data(seed)
+    _assert_result(topk_arrays(ids, scores, k), _reference(ids, scores, k))
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streaming_matches_full_sort(k, seed):
+    ids, scores = _data(seed)
+    batches = _random_batches(ids, scores, seed=100 + seed)
+    assert len(batches) > 20 and any(b["sample_id"].size == 0 for b in batches)
+    merger = StreamingTopK(k)
+    for b in batches:
+        merger.push(b["sample_id"], b["score"])
+    _assert_result(merger.result(), _reference(ids, scores, k))
+    assert merger.seen == N
+
+
+@pytest.mark.parametrize("k", KS)
+def test_topk_stream_matches_full_sort(k):
+    ids, scores = _data(3)
+    _assert_result(topk_stream(_random_batches(ids, scores, seed=7), k), _reference(ids, scores, k))
+
+
+@pytest.mark.parametrize("k", [1, 50, 400, N])
+def test_result_independent_of_split_and_order(k):
+    ids, scores = _data(4)
+    results = [topk_stream(_random_batches(ids, scores, seed=s, shuffle_batches=True), k) for s in range(6)]
+    results.append(topk_stream([{"sample_id": ids, "score": scores}], k))  # one batch
+    results.append(topk_stream(({"sample_id": ids[i:i + 1], "score": scores[i:i + 1]} for i in range(N)), k))
+    for r in results[1:]:
+        _assert_result(r, results[0])
+    _assert_result(results[0], _reference(ids, scores, k))
+
+
+def test_ties_broken_by_smallest_id():
+    ids = np.array([50, 10, 40, 20, 30], dtype=np.int64)
+    scores = np.ones(5)
+    got, _ = topk_arrays(ids, scores, 3)
+    np.testing.assert_array_equal(got, [10, 20, 30])
+    got, _ = topk_stream([{"sample_id": ids[:2], "score": scores[:2]},
+                          {"sample_id": ids[2:], "score": scores[2:]}], 2)
+    np.testing.assert_array_equal(got, [10, 20])
+
+
+def test_k_zero_and_negative_give_empty():
+    ids, scores = _data(5, n=20)
+    for k in (0, -3):
+        got_ids, got_scores = topk_arrays(ids, scores, k)
+        assert got_ids.size == 0 and got_scores.size == 0
+    got_ids, _ = topk_stream([{"sample_id": ids, "score": scores}], 0)
+    assert got_ids.size == 0
+
+
+def test_streaming_refuses_negative_k():
+    with pytest.raises(ValueError):
+        StreamingTopK(-1)
+
+
+def test_empty_stream():
+    got_ids, got_scores = topk_stream([], 5)
+    assert got_ids.size == 0 and got_scores.size == 0
+
+
+def test_result_is_a_copy():
+    merger = StreamingTopK(3)
+    merger.push(np.array([1, 2, 3]), np.array([3.0, 2.0, 1.0]))
+    ids, _ = merger.result()
+    ids[:] = -1
+    np.testing.assert_array_equal(merger.result()[0], [1, 2, 3])
+
+
+def test_custom_keys():
+    batches = [{"id": np.array([5, 6]), "s": np.array([0.1, 0.9])}]
+    got, _ = topk_stream(batches, 1, id_key="id", score_key="s")
+    np.testing.assert_array_equal(got, [6])
+
+
+# --------------------------------------------------------------------------- bad scores
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_score_raises_naming_ids(bad):
+    ids = np.array([11, 22, 12345, 33], dtype=np.int64)
+    scores = np.array([0.1, 0.2, bad, 0.3])
+    with pytest.raises(DataError, match="12345"):
+        topk_arrays(ids, scores, 2)
+    merger = StreamingTopK(2)
+    merger.push(ids[:2], scores[:2])
+    with pytest.raises(DataError, match="12345"):
+        merger.push(ids[2:], scores[2:])
+    with pytest.raises(DataError, match="12345"):
+        topk_stream([{"sample_id": ids[:1], "score": scores[:1]}, {"sample_id": ids[1:], "score": scores[1:]}], 1)
+    with pytest.raises(DataError, match="12345"):
+        topk_batch({"sample_id": ids, "score": scores}, 2)
+
+
+def test_non_finite_refused_even_with_k_zero():
+    with pytest.raises(DataError, match="777"):
+        topk_arrays(np.array([777]), np.array([np.nan]), 0)
+
+
+def test_mismatched_lengths_raise():
+    with pytest.raises(DataError):
+        topk_arrays(np.array([1, 2, 3]), np.array([0.1, 0.2]), 1)
+
+
+# --------------------------------------------------------------------------- topk_batch
+@pytest.mark.parametrize("k", [0, 1, 30, N + 1])
+def test_topk_batch_per_block_then_merge(k):
+    ids, scores = _data(6)
+    batches = _random_batches(ids, scores, seed=8)
+    reduced = [topk_batch(b, k) for b in batches]
+    for b, r in zip(batches, reduced):
+        assert set(r) == {"sample_id", "score"}
+        _assert_result((r["sample_id"], r["score"]), _reference(b["sample_id"], b["score"], k))
+        assert r["sample_id"].size == min(k, b["sample_id"].size)
+    # The Ray Data pattern: per-block top-K, then an exact merge of the reduced blocks.
+    _assert_result(topk_stream(reduced, k), _reference(ids, scores, k))

@@ -1,0 +1,185 @@
+"""Strategy registry, entropy scores, and the random strategy's id hash."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from daal_ray.acquisition import (
+    NoParams,
+    Strategy,
+    build_strategy,
+    get_strategy_class,
+    strategy_descriptions,
+    strategy_names,
+)
+from daal_ray.acquisition.entropy import EntropyStrategy, predictive_entropy
+from daal_ray.acquisition.random import RandomStrategy, hash_uniform
+from daal_ray.config import AcquisitionConfig
+from daal_ray.errors import ConfigError
+from daal_ray.selection import topk_arrays
+
+
+# --------------------------------------------------------------------------- registry
+def test_registry_lists_random_and_entropy():
+    names = strategy_names()
+    assert {"random", "entropy"} <= set(names)
+    assert names == sorted(names)
+    desc = strategy_descriptions()
+    assert set(desc) == set(names)
+    assert desc["random"] and desc["entropy"]
+
+
+def test_get_strategy_class():
+    assert get_strategy_class("random") is RandomStrategy
+    assert get_strategy_class("entropy") is EntropyStrategy
+    assert issubclass(RandomStrategy, Strategy) and issubclass(EntropyStrategy, Strategy)
+
+
+def test_unknown_strategy_names_registered_ones():
+    with pytest.raises(ConfigError) as ei:
+        get_strategy_class("coreset-typo")
+    msg = str(ei.value)
+    assert "'coreset-typo'" in msg
+    for name in strategy_names():
+        assert name in msg
+
+
+def test_needs():
+    assert RandomStrategy.needs == frozenset()  # scored on ids alone: no inference pass
+    assert EntropyStrategy.needs == frozenset({"probs"})
+
+
+# --------------------------------------------------------------------------- build_strategy
+@pytest.mark.parametrize("name,cls", [("random", RandomStrategy), ("entropy", EntropyStrategy)])
+def test_build_strategy(name, cls):
+    s = build_strategy(AcquisitionConfig(strategy=name), seed=3, cycle=2)
+    assert type(s) is cls
+    assert s.seed == 3 and s.cycle == 2
+    assert isinstance(s.params, NoParams)
+
+
+@pytest.mark.parametrize("name", ["random", "entropy"])
+def test_build_strategy_bad_params_refused(name):
+    # AcquisitionConfig refuses them up front ...
+    with pytest.raises(ConfigError, match="'lr'"):
+        AcquisitionConfig(strategy=name, params={"lr": 0.1})
+    # ... and build_strategy checks them itself for a config that slipped through.
+    bad = SimpleNamespace(strategy=name, params={"lr": 0.1})
+    with pytest.raises(ConfigError, match="'lr'") as ei:
+        build_strategy(bad, seed=0, cycle=1)  # type: ignore[arg-type]
+    assert name in str(ei.value)
+
+
+def test_build_strategy_unknown_name():
+    with pytest.raises(ConfigError, match="registered strategies"):
+        build_strategy(SimpleNamespace(strategy="nope", params={}), seed=0, cycle=0)  # type: ignore[arg-type]
+
+
+def test_base_strategy_score_not_implemented():
+    with pytest.raises(NotImplementedError):
+        Strategy(NoParams(), seed=0, cycle=0).score({"sample_id": np.arange(3)})
+
+
+# --------------------------------------------------------------------------- entropy
+PROBS = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+
+
+def test_entropy_known_values():
+    h = predictive_entropy(PROBS)
+    np.testing.assert_allclose(h, [0.0, math.log(2), math.log(3)], atol=1e-9)
+
+
+def test_entropy_prefers_uniform_prediction():
+    s = build_strategy(AcquisitionConfig(strategy="entropy"), seed=0, cycle=1)
+    ids = np.array([0, 1, 2], dtype=np.int64)
+    scores = s.score({"sample_id": ids, "probs": PROBS, "features": np.zeros((3, 4))})
+    assert scores.shape == (3,)
+    np.testing.assert_array_equal(np.argsort(-scores, kind="stable"), [2, 1, 0])
+    top, _ = topk_arrays(ids, scores, 3)
+    np.testing.assert_array_equal(top, [2, 1, 0])
+
+
+def test_entropy_is_finite_with_zero_probabilities():
+    probs = np.eye(4)
+    h = predictive_entropy(probs)
+    assert np.isfinite(h).all()
+    np.testing.assert_allclose(h, 0.0, atol=1e-9)
+
+
+def test_entropy_segmentation_shape_is_pixel_mean():
+    # [n, C, H, W]: per-pixel entropy averaged to one score per sample.
+    probs = np.zeros((2, 2, 2, 2))
+    probs[0, 0] = 1.0                     # sample 0: certain everywhere
+    probs[1, :, 0, :] = 0.5               # sample 1: half its pixels uniform ...
+    probs[1, 0, 1, :] = 1.0               # ... the other half certain
+    np.testing.assert_allclose(predictive_entropy(probs), [0.0, math.log(2) / 2], atol=1e-9)
+
+
+# --------------------------------------------------------------------------- random
+def test_hash_uniform_range_and_dtype():
+    ids = np.concatenate([np.arange(50_000), np.array([0, 2**63 - 1, -1, -(2**63)])])
+    u = hash_uniform(ids, key=12345)
+    assert u.dtype == np.float64 and u.shape == ids.shape
+    assert (u >= 0.0).all() and (u < 1.0).all()
+
+
+def test_hash_uniform_deterministic():
+    ids = np.arange(1000, dtype=np.int64) * 7919
+    np.testing.assert_array_equal(hash_uniform(ids, 3), hash_uniform(ids.copy(), 3))
+
+
+def test_hash_uniform_depends_on_id_not_grouping():
+    rng = np.random.default_rng(0)
+    ids = rng.choice(10**12, size=5000, replace=False).astype(np.int64)
+    whole = hash_uniform(ids, key=42)
+    perm = rng.permutation(ids.size)
+    np.testing.assert_array_equal(hash_uniform(ids[perm], key=42), whole[perm])
+    pieces = np.concatenate([hash_uniform(chunk, key=42) for chunk in np.array_split(ids, 17)])
+    np.testing.assert_array_equal(pieces, whole)
+    one_by_one = np.array([hash_uniform(ids[i:i + 1], key=42)[0] for i in range(0, ids.size, 97)])
+    np.testing.assert_array_equal(one_by_one, whole[::97])
+
+
+def test_hash_uniform_roughly_uniform():
+    u = hash_uniform(np.arange(100_000, dtype=np.int64), key=7)
+    assert abs(u.mean() - 0.5) < 0.01
+    assert abs(u.var() - 1 / 12) < 0.005
+    counts = np.histogram(u, bins=10, range=(0.0, 1.0))[0]
+    assert (np.abs(counts - 10_000) < 500).all()
+    # Neighbouring ids are not correlated.
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
+    assert np.unique(u).size > 99_990
+
+
+def test_hash_uniform_differs_across_keys():
+    ids = np.arange(10_000, dtype=np.int64)
+    a, b, c = hash_uniform(ids, 0), hash_uniform(ids, 1), hash_uniform(ids, 1_000_003)
+    for x, y in ((a, b), (a, c), (b, c)):
+        assert (x == y).mean() < 0.001
+        assert abs(np.corrcoef(x, y)[0, 1]) < 0.05
+
+
+def test_random_strategy_seeded_per_seed_and_cycle():
+    ids = np.arange(2000, dtype=np.int64)
+    batch = {"sample_id": ids}
+
+    def pick(seed, cycle):
+        s = build_strategy(AcquisitionConfig(strategy="random"), seed=seed, cycle=cycle)
+        scores = s.score(batch)
+        assert scores.shape == ids.shape and np.isfinite(scores).all()
+        return set(topk_arrays(ids, scores, 50)[0].tolist())
+
+    assert pick(0, 1) == pick(0, 1)
+    assert len(pick(0, 1) & pick(0, 2)) < 25
+    assert len(pick(0, 1) & pick(1, 1)) < 25
+
+
+def test_random_strategy_score_independent_of_other_rows():
+    s = build_strategy(AcquisitionConfig(strategy="random"), seed=5, cycle=3)
+    ids = np.arange(100, 200, dtype=np.int64)
+    full = s.score({"sample_id": ids})
+    np.testing.assert_array_equal(s.score({"sample_id": ids[40:60]}), full[40:60])
