@@ -64,7 +64,8 @@ def pool_pass_seconds(cfg, repeats: int = 5) -> float:
 
 def run_setting(name: str, strategies: list[str], seeds: int, root: Path) -> dict:
     configs = plan_experiments(dataset="digits", strategies=strategies, seeds=range(seeds),
-                               scale={"num_workers": 1, **SETTINGS[name]})
+                               scale={"num_workers": 1, **SETTINGS[name]},
+                               strategy_params={"daal": {"epochs": 15}})  # as jobs/digits.py
     t0 = time.perf_counter()
     table = run_experiments(configs, root / name, concurrency=SETTINGS[name]["trial_concurrency"])
     wall = time.perf_counter() - t0

@@ -82,7 +82,8 @@ def _given(*pairs) -> dict:
     return {k: v for k, v in pairs if v is not None}
 
 
-def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None):
+def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
+                      strategy_params: Optional[dict[str, dict]] = None):
     from daal_ray.tuning import plan_experiments
 
     train = _given(("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
@@ -107,16 +108,18 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None):
     return plan_experiments(dataset=dataset or getattr(args, "dataset", None),
                             strategies=_csv(args.strategies) if args.strategies else None,
                             seeds=range(args.seed_offset, args.seed_offset + args.seeds), budgets=budgets,
-                            base=base, data=data, train=train, scale=scale, protocol=protocol)
+                            base=base, data=data, train=train, scale=scale, protocol=protocol,
+                            strategy_params=strategy_params)
 
 
-def run_from_args(args: argparse.Namespace, dataset: Optional[str] = None, title: str = "") -> int:
+def run_from_args(args: argparse.Namespace, dataset: Optional[str] = None, title: str = "",
+                  strategy_params: Optional[dict[str, dict]] = None) -> int:
     """Plan, run, and summarise experiments; used by ``daal-ray run`` and the job scripts."""
     from daal_ray.results import format_table, plot_learning_curves
     from daal_ray.runtime import init_ray
     from daal_ray.tuning import run_experiments
 
-    configs = configs_from_args(args, dataset)
+    configs = configs_from_args(args, dataset, strategy_params)
     run_dir = Path(args.run_dir)
     logger.info("running %d experiment(s) under %s: %s", len(configs), run_dir, ", ".join(c.name for c in configs))
     init_ray(num_cpus=args.num_cpus)

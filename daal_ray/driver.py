@@ -288,7 +288,7 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
         batch = None
         if not last:
             batch = _select(cfg, dataset, pool_ids, labeled, cycle, min(per_cycle, len(pool_ids) - labeled.size),
-                            ckpt_dir, run_dir, row)
+                            ckpt_dir, run_dir, row, device)
         if rank == 0:
             row["cycle_s"] = time.perf_counter() - t_cycle
             row["overhead_s"] = max(0.0, row["cycle_s"] - sum(row[c] for c in STEP_COLUMNS if c != "overhead_s"))
@@ -306,13 +306,13 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, labeled: np.ndarray, cycle: int,
-            k: int, ckpt_dir: Path, run_dir: Path, row: dict[str, Any]) -> Optional[np.ndarray]:
+            k: int, ckpt_dir: Path, run_dir: Path, row: dict[str, Any], device: torch.device) -> Optional[np.ndarray]:
     """Features -> fit -> score -> top-K for the next cycle. Returns the ids on rank 0."""
     from daal_ray.inference import extract_features, pool_dataset, select_topk
 
     rank, _ = world()
     strategy = build_strategy(cfg.acquisition, seed=cfg.seed, cycle=cycle)
-    trains = getattr(strategy, "trains", False)
+    trains = strategy.trains
     features = None
     if rank == 0:
         t0 = time.perf_counter()
@@ -327,7 +327,8 @@ def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, l
     if trains:
         t0 = time.perf_counter()
         features = broadcast_object(features)
-        strategy.fit(FitContext(features=features, num_labeled=int(labeled.size), cycle=cycle, run_dir=str(run_dir)))
+        strategy.fit(FitContext(features=features, num_labeled=int(labeled.size), cycle=cycle, run_dir=str(run_dir),
+                                device=device))
         row["acq_fit_s"] = time.perf_counter() - t0
     if rank != 0:
         return None

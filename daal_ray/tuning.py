@@ -33,13 +33,14 @@ def experiment_name(cfg: ExperimentConfig) -> str:
 def plan_experiments(*, dataset: Optional[str] = None, strategies: Optional[Sequence[str]] = None,
                      seeds: Iterable[int] = (0,), budgets: Sequence[int] = (0,), base: Optional[dict] = None,
                      data: Optional[dict] = None, train: Optional[dict] = None, scale: Optional[dict] = None,
-                     protocol: Optional[dict] = None) -> list[ExperimentConfig]:
+                     protocol: Optional[dict] = None,
+                     strategy_params: Optional[dict[str, dict]] = None) -> list[ExperimentConfig]:
     """The grid strategy x seed x budget on one dataset, each a full ExperimentConfig.
 
     ``base`` is a (partial) ExperimentConfig dict, e.g. read from a ``--config`` file; it
     is validated strictly. The keyword groups override it: ``train`` fields override the
     dataset's default recipe, ``protocol`` sets ExperimentConfig fields such as
-    ``initial_fraction``.
+    ``initial_fraction``; ``strategy_params`` maps a strategy name to its params.
     """
     base = dict(base or {})
     ExperimentConfig.from_dict(base)  # unknown keys and wrong types stop here, named
@@ -56,7 +57,8 @@ def plan_experiments(*, dataset: Optional[str] = None, strategies: Optional[Sequ
     base.pop("name", None)
     configs = []
     for strategy in strategies:
-        params = base_acq.get("params", {}) if strategy == base_acq.get("strategy") else {}
+        params = dict(base_acq.get("params", {})) if strategy == base_acq.get("strategy") else {}
+        params.update((strategy_params or {}).get(strategy, {}))
         acq = AcquisitionConfig(strategy=strategy, params=params)
         for seed in seeds:
             for budget in budgets:

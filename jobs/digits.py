@@ -25,13 +25,16 @@ DEFAULT_STRATEGIES = [s for s in ("random", "entropy", "daal") if s in strategy_
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, with_dataset=False, strategies=",".join(DEFAULT_STRATEGIES), seeds=2, run_dir="runs/digits")
+    parser.add_argument("--daal-epochs", type=int, default=15,
+                        help="DAAL training epochs per cycle (default: 15, sized for this small pool)")
     parser.add_argument("--smoke-test", action="store_true", help="1 seed, 2 cycles, 3 epochs: a quick check")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.seeds, args.epochs, args.final_fraction = 1, args.epochs or 3, args.final_fraction or 0.15
     setup_logging()
     try:
-        return run_from_args(args, dataset="digits", title="digits: accuracy vs labeled fraction (mean +- std)")
+        return run_from_args(args, dataset="digits", title="digits: accuracy vs labeled fraction (mean +- std)",
+                             strategy_params={"daal": {"epochs": args.daal_epochs}})
     except DaalRayError as exc:
         print(f"digits: error: {exc}", file=sys.stderr)
         return 2

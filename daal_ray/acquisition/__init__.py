@@ -10,7 +10,7 @@ from daal_ray.acquisition.base import (
     strategy_descriptions,
     strategy_names,
 )
-from daal_ray.acquisition import entropy, random  # noqa: F401  (registration)
+from daal_ray.acquisition import daal, entropy, random  # noqa: F401  (registration)
 
 __all__ = [
     "FitContext",

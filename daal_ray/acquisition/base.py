@@ -38,6 +38,7 @@ class FitContext:
         num_labeled: how many samples are labeled.
         cycle: the cycle whose model produced the features.
         run_dir: the experiment's directory (for checkpoints).
+        device: the torch device of this rank.
         extra: room for strategy-specific inputs.
     """
 
@@ -45,6 +46,7 @@ class FitContext:
     num_labeled: int
     cycle: int
     run_dir: Optional[str] = None
+    device: Any = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -60,6 +62,8 @@ class Strategy:
     description: ClassVar[str] = ""
     Params: ClassVar[type[_Config]] = NoParams
     needs: ClassVar[frozenset[str]] = frozenset({"features", "probs"})
+    # True if ``fit`` trains on the features: it then runs on every rank of the worker group.
+    trains: ClassVar[bool] = False
 
     def __init__(self, params: _Config, seed: int, cycle: int) -> None:
         self.params = params

@@ -51,5 +51,5 @@ class DigitsDataset(InMemoryDataset):
 
     @classmethod
     def default_train(cls) -> TrainConfig:
-        return TrainConfig(model="small_cnn", epochs=30, batch_size=32, optimizer="adam", lr=2e-3,
+        return TrainConfig(model="small_cnn", epochs=20, batch_size=32, optimizer="adam", lr=2e-3,
                            weight_decay=5e-4, schedule="cosine")

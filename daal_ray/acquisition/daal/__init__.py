@@ -1,0 +1,82 @@
+"""DAAL: Dual Adversarial Network for Deep Active Learning (Wang et al.), strategy ``daal``.
+
+ScoreNet rates every unlabeled feature; a VAE reconstructs the ``(1 - s) x`` uncertainty
+branch and the ``s x`` representativeness branch; uDis tells labeled features from the
+uncertainty reconstructions and rDis unlabeled features from the representativeness
+"summary". Trained by Alg. 1 on every rank of the experiment's Ray Train worker group;
+the trained ScoreNet then scores the unlabeled pool through Ray Data and the top-K scores
+are selected in one stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
+from daal_ray.acquisition.daal.fit import DAALParams, score_features, train_daal
+from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
+
+__all__ = ["DAALParams", "DAALStrategy", "Discriminator", "FeatureVAE", "ScoreNet"]
+
+
+def features_by_labeled(features: Any, rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's strided shard of labeled and unlabeled features, in ``sample_id`` order.
+
+    ``features`` is a Ray Dataset (or a dict of arrays) with ``sample_id``, ``labeled``
+    and ``features`` columns.
+    """
+    if isinstance(features, Mapping):
+        batches = [features]
+    else:
+        batches = list(features.select_columns(["sample_id", "labeled", "features"])
+                       .iter_batches(batch_size=8192, batch_format="numpy"))
+    ids = np.concatenate([np.asarray(b["sample_id"]) for b in batches])
+    lab = np.concatenate([np.asarray(b["labeled"], dtype=bool) for b in batches])
+    x = np.concatenate([np.asarray(b["features"], dtype=np.float32) for b in batches])
+    order = np.argsort(ids, kind="stable")
+    lab, x = lab[order], x[order]
+    xl, xu = x[lab], x[~lab]
+    return xl[rank::world], xu[rank::world]
+
+
+@register_strategy
+class DAALStrategy(Strategy):
+    """DAAL's one-stage uncertainty + representativeness score from its trained ScoreNet."""
+
+    name = "daal"
+    description = "DAAL: ScoreNet trained against dual discriminators (uncertainty + representativeness), top-K"
+    Params = DAALParams
+    needs = frozenset({"features"})
+    trains = True
+
+    def fit(self, ctx: FitContext) -> None:
+        from daal_ray.training import derive_seed, world
+
+        rank, size = world()
+        xl, xu = features_by_labeled(ctx.features, rank, size)
+        ckpt = Path(ctx.run_dir) / "checkpoints" / f"cycle_{ctx.cycle:03d}" / "daal.pt" if ctx.run_dir else None
+        nets, self.history = train_daal(xl, xu, self.params, seed=derive_seed(self.seed, self.cycle, 0xDAA1),
+                                        device=ctx.device or torch.device("cpu"), checkpoint=ckpt)
+        self.feature_dim = xu.shape[1]
+        self.score_state = {k: v.detach().cpu() for k, v in nets.score.state_dict().items()}
+        self._net = None
+
+    def _score_net(self) -> ScoreNet:
+        net = getattr(self, "_net", None)
+        if net is None:
+            net = ScoreNet(self.feature_dim, self.params.score_hidden, self.params.dropout)
+            net.load_state_dict(self.score_state)
+            self._net = net.eval()
+        return net
+
+    def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        return score_features(self._score_net(), batch["features"], normalize=self.params.normalize)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_net"] = None  # rebuilt once per worker process from score_state
+        return state

@@ -1,0 +1,293 @@
+"""Training DAAL (paper Alg. 1) on task-model features, on every rank of a worker group.
+
+Per batch ``(x_l, x_u)`` three updates, each touching only its own parameter group:
+
+1. ``{ScoreNet, encoder}`` <- L_recon + L_prior + L_sparsity
+2. ``{decoder}``           <- L_recon + L_GAN (generator side)
+3. ``{uDis, rDis}``        <- maximise L_GAN
+
+Every update recomputes its forward pass from the current weights, back-propagates into
+its own group only (``backward(inputs=...)``), averages those gradients over the ranks
+(the all-reduce DDP would do) and steps its own Adam. All ranks start from the same seed,
+so their weights stay identical. A checkpoint of every network and optimiser is written
+after each epoch, and training resumes from it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from daal_ray.acquisition.daal import losses as L
+from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
+from daal_ray.config import _Config, _check
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DAALParams(_Config):
+    """DAAL settings; paper values where it states them (Adam 5e-4, batch 128, sigma 0.2,
+    dropout 0.4), documented choices elsewhere.
+
+    Attributes:
+        epochs: passes over the unlabeled features per cycle (paper: 150 on CIFAR, 100 on
+            Cityscapes; the default suits small pools, raise it for large ones).
+        batch_size: global batch of unlabeled (and of labeled) features, split over ranks.
+        lr: Adam learning rate of every network.
+        sigma: fraction selected in a batch (Eqs. 6-7).
+        score_hidden, disc_hidden: the 4 hidden widths of ScoreNet and of the discriminators.
+        vae_hidden: the 6 hidden widths of the encoder (mirrored by the decoder).
+        latent_dim: VAE latent size.
+        dropout: dropout of ScoreNet and the VAE.
+        use_udis, use_rdis: the two adversarial branches (paper Sec. 4.6 ablations).
+        use_length_loss, use_dpp_loss: the two sparsity terms.
+        normalize: scale features to unit L2 norm before DAAL sees them (keeps the DPP
+            kernel's determinants well scaled).
+        gan_form: generator loss, ``non_saturating`` (default) or Eq. 4's ``saturating`` form.
+        dpp_jitter: added to the DPP subset kernel's diagonal.
+        w_recon, w_prior, w_gan, w_length, w_dpp: loss weights (paper: all 1).
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 5e-4
+    sigma: float = 0.2
+    score_hidden: tuple[int, ...] = (256, 128, 64, 32)
+    disc_hidden: tuple[int, ...] = (256, 128, 64, 32)
+    vae_hidden: tuple[int, ...] = (256, 256, 128, 128, 64, 64)
+    latent_dim: int = 32
+    dropout: float = 0.4
+    use_udis: bool = True
+    use_rdis: bool = True
+    use_length_loss: bool = True
+    use_dpp_loss: bool = True
+    normalize: bool = True
+    gan_form: Literal["non_saturating", "saturating"] = "non_saturating"
+    dpp_jitter: float = 1e-4
+    w_recon: float = 1.0
+    w_prior: float = 1.0
+    w_gan: float = 1.0
+    w_length: float = 1.0
+    w_dpp: float = 1.0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, f"daal epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 2, f"daal batch_size must be >= 2, got {self.batch_size}")
+        _check(self.lr > 0, "daal lr must be > 0")
+        _check(0.0 < self.sigma < 1.0, f"daal sigma must be in (0, 1), got {self.sigma}")
+        _check(0.0 <= self.dropout < 1.0, f"daal dropout must be in [0, 1), got {self.dropout}")
+        _check(self.use_udis or self.use_rdis, "daal needs at least one discriminator (use_udis or use_rdis)")
+        _check(len(self.score_hidden) == 4, "daal score_hidden takes 4 widths (ScoreNet is a 5-layer MLP)")
+        _check(len(self.disc_hidden) == 4, "daal disc_hidden takes 4 widths (the discriminators are 5-layer MLPs)")
+        _check(len(self.vae_hidden) == 6, "daal vae_hidden takes 6 widths (encoder and decoder are 7-layer MLPs)")
+        _check(self.latent_dim >= 1, "daal latent_dim must be >= 1")
+
+
+class DAALNets(nn.Module):
+    """ScoreNet, the VAE and the two discriminators, with their three parameter groups."""
+
+    def __init__(self, feature_dim: int, p: DAALParams) -> None:
+        super().__init__()
+        self.score = ScoreNet(feature_dim, p.score_hidden, p.dropout)
+        self.vae = FeatureVAE(feature_dim, p.vae_hidden, p.latent_dim, p.dropout)
+        self.udis = Discriminator(feature_dim, p.disc_hidden)
+        self.rdis = Discriminator(feature_dim, p.disc_hidden)
+
+    def groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "rater": list(self.score.parameters()) + list(self.vae.encoder.parameters()),
+            "decoder": list(self.vae.decoder.parameters()),
+            "discriminators": list(self.udis.parameters()) + list(self.rdis.parameters()),
+        }
+
+
+def normalize_features(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=1, eps=1e-8)
+
+
+@dataclass
+class StepLosses:
+    recon: float
+    prior: float
+    length: float
+    dpp: float
+    gan: float
+    mean_score: float
+
+
+def _rater_forward(nets: DAALNets, x_u: torch.Tensor):
+    """ScoreNet -> weighted branches -> encoder -> decoder (Alg. 1 lines 10-12)."""
+    s = nets.score(x_u)
+    unc_in = (1.0 - s).unsqueeze(1) * x_u  # uncertainty branch, weight 1 - s
+    rep_in = s.unsqueeze(1) * x_u  # representativeness branch, weight s
+    mu_h, lv_h = nets.vae.encode(unc_in)
+    mu_t, lv_t = nets.vae.encode(rep_in)
+    x_hat = nets.vae.decode(nets.vae.reparameterize(mu_h, lv_h))
+    x_tilde = nets.vae.decode(nets.vae.reparameterize(mu_t, lv_t))
+    return s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde
+
+
+def _adversarial_terms(nets: DAALNets, p: DAALParams, x_l, x_u, x_hat, x_tilde):
+    """Discriminator outputs on (real, fake) per enabled branch, and hidden activations."""
+    real_logits, fake_logits, real_hidden, fake_hidden = [], [], [], []
+    if p.use_udis:
+        lr_, _ = nets.udis(x_l)
+        _, hu = nets.udis(x_u)
+        lf, hf = nets.udis(x_hat)
+        real_logits.append(lr_), fake_logits.append(lf), real_hidden.append(hu), fake_hidden.append(hf)
+    if p.use_rdis:
+        lr_, hr = nets.rdis(x_u)
+        lf, hf = nets.rdis(x_tilde)
+        real_logits.append(lr_), fake_logits.append(lf), real_hidden.append(hr), fake_hidden.append(hf)
+    return real_logits, fake_logits, real_hidden, fake_hidden
+
+
+def _allreduce_grads(params: list[nn.Parameter]) -> None:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def _update(loss: torch.Tensor, params: list[nn.Parameter], opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    _allreduce_grads(params)
+    opt.step()
+
+
+def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALParams, x_l: torch.Tensor,
+              x_u: torch.Tensor) -> StepLosses:
+    """One batch of Alg. 1: the three updates, in order."""
+    groups = nets.groups()
+    saturating = p.gan_form == "saturating"
+
+    # 1. {ScoreNet, encoder} <- L_recon + L_prior + L_sparsity
+    s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde = _rater_forward(nets, x_u)
+    _, _, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
+    recon = L.recon_loss(rh, fh)
+    prior = L.prior_loss(mu_h, lv_h) + L.prior_loss(mu_t, lv_t)
+    length = L.length_loss(s, p.sigma) if p.use_length_loss else s.new_zeros(())
+    dpp = L.dpp_loss(s, x_u, p.sigma, p.dpp_jitter) if p.use_dpp_loss else s.new_zeros(())
+    _update(p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp, groups["rater"],
+            opts["rater"])
+
+    # 2. {decoder} <- L_recon + L_GAN (the decoder tries to fool both discriminators)
+    s, _, x_hat, x_tilde = _rater_forward(nets, x_u)
+    _, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
+    gen = L.generator_gan_loss(fake_logits, saturating=saturating)
+    _update(p.w_recon * L.recon_loss(rh, fh) + p.w_gan * gen, groups["decoder"], opts["decoder"])
+
+    # 3. {uDis, rDis} <- maximise L_GAN on real vs the (fixed) reconstructions
+    with torch.no_grad():
+        _, _, x_hat, x_tilde = _rater_forward(nets, x_u)
+    real_logits, fake_logits, _, _ = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
+    gan = L.gan_loss(real_logits, fake_logits)
+    _update(-p.w_gan * gan, groups["discriminators"], opts["discriminators"])
+
+    return StepLosses(*(float(t.detach()) for t in (recon, prior, length, dpp, gan, s.mean())))
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train_daal(x_labeled: np.ndarray, x_unlabeled: np.ndarray, p: DAALParams, *, seed: int,
+               device: torch.device = torch.device("cpu"), checkpoint: Optional[Path] = None,
+               log_every: int = 0) -> tuple[DAALNets, list[StepLosses]]:
+    """Train DAAL on this rank's shard of labeled and unlabeled features.
+
+    Every rank must pass the same global sizes' worth of work: the number of steps per
+    epoch is derived from the global unlabeled count, which the caller makes equal by
+    giving each rank a strided shard. Returns the nets and the per-epoch mean losses.
+
+    Args:
+        checkpoint: file to resume from and write after every epoch (rank 0 writes).
+    """
+    rank, world = _rank_world()
+    if x_unlabeled.shape[0] == 0 or x_labeled.shape[0] == 0:
+        raise ValueError("DAAL needs labeled and unlabeled features on every rank")
+    torch.manual_seed(seed)
+    feature_dim = x_unlabeled.shape[1]
+    nets = DAALNets(feature_dim, p).to(device)
+    opts = {k: torch.optim.Adam(v, lr=p.lr) for k, v in nets.groups().items()}
+    xl = torch.as_tensor(x_labeled, dtype=torch.float32, device=device)
+    xu = torch.as_tensor(x_unlabeled, dtype=torch.float32, device=device)
+    if p.normalize:
+        xl, xu = normalize_features(xl), normalize_features(xu)
+    per_rank = max(2, p.batch_size // world)
+    global_u = torch.tensor([xu.shape[0]], device=device)
+    if world > 1:
+        dist.all_reduce(global_u)
+    steps = max(1, math.ceil(int(global_u.item()) / (per_rank * world)))
+    start_epoch, history = 0, []
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        nets.load_state_dict(state["nets"])
+        for k, o in opts.items():
+            o.load_state_dict(state["opts"][k])
+        start_epoch = int(state["epoch"])
+        logger.info("DAAL: resumed from %s at epoch %d", checkpoint, start_epoch)
+    rng = np.random.default_rng(seed + 7919 * rank + start_epoch)
+    nets.train()
+    for epoch in range(start_epoch, p.epochs):
+        order = rng.permutation(xu.shape[0])
+        order = np.resize(order, steps * per_rank)  # wraps around so every rank takes `steps` batches
+        epoch_losses = []
+        for b in range(steps):
+            u_idx = torch.as_tensor(order[b * per_rank : (b + 1) * per_rank], device=device)
+            l_idx = torch.as_tensor(rng.integers(0, xl.shape[0], size=per_rank), device=device)
+            epoch_losses.append(daal_step(nets, opts, p, xl[l_idx], xu[u_idx]))
+        mean = StepLosses(*[float(np.mean([getattr(s, f) for s in epoch_losses])) for f in StepLosses.__dataclass_fields__])
+        history.append(mean)
+        if log_every and (epoch + 1) % log_every == 0 and rank == 0:
+            logger.info("DAAL epoch %d/%d: %s", epoch + 1, p.epochs, mean)
+        if checkpoint is not None and rank == 0:
+            _save(checkpoint, {"nets": nets.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
+                               "epoch": epoch + 1})
+    nets.eval()
+    return nets, history
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def score_features(score_net: ScoreNet, features: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """ScoreNet scores (dropout off) of ``features [n, d]``."""
+    score_net.eval()
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    if normalize:
+        x = normalize_features(x)
+    return score_net(x).double().numpy()

@@ -1,0 +1,203 @@
+"""DAAL: hand-computed losses, network shapes, and Alg. 1's parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from daal_ray.acquisition.daal import Discriminator, FeatureVAE, ScoreNet
+from daal_ray.acquisition.daal.fit import DAALNets, DAALParams, daal_step, train_daal
+from daal_ray.acquisition.daal.losses import dpp_loss, gan_loss, generator_gan_loss, length_loss, prior_loss, recon_loss
+from daal_ray.errors import ConfigError
+
+
+# ------------------------------------------------------------------ losses
+def test_prior_loss_is_zero_for_a_standard_normal_posterior():
+    assert prior_loss(torch.zeros(5, 3), torch.zeros(5, 3)).item() == 0.0
+
+
+def test_prior_loss_hand_computed():
+    # one sample, one dim: mu = 1, var = e -> KL = 1/2 (e + 1 - 1 - 1) = (e - 1) / 2
+    kl = prior_loss(torch.tensor([[1.0]]), torch.tensor([[1.0]]))
+    assert kl.item() == pytest.approx((math.e - 1) / 2, rel=1e-6)
+
+
+def test_recon_loss_hand_computed_and_zero_when_matching():
+    real = [torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]])]
+    fake = [torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 0.0]])]
+    assert recon_loss(real, fake).item() == pytest.approx(0.5 * 4 + 0.5 * 9)
+    assert recon_loss(real, real).item() == 0.0
+    with pytest.raises(ValueError):
+        recon_loss(real, fake[:1])
+
+
+def test_gan_loss_of_a_perfect_and_of_a_fooled_discriminator():
+    big = torch.full((4,), 50.0)
+    perfect = gan_loss([big, big], [-big, -big])  # D(real) = 1, D(fake) = 0
+    assert perfect.item() == pytest.approx(0.0, abs=1e-12)
+    chance = gan_loss([torch.zeros(4)] * 2, [torch.zeros(4)] * 2)  # D = 1/2 everywhere
+    assert chance.item() == pytest.approx(4 * math.log(0.5))
+    fooled = gan_loss([-big], [big])  # D(real) = 0, D(fake) = 1: very negative, still finite
+    assert fooled.item() == pytest.approx(-100.0, rel=1e-6)
+    # the generator's losses: low when the discriminator is fooled, high when it is not
+    assert generator_gan_loss([big]).item() < 1e-6 < generator_gan_loss([-big]).item()
+    assert generator_gan_loss([big], saturating=True).item() < generator_gan_loss([-big], saturating=True).item()
+
+
+def test_length_loss():
+    assert length_loss(torch.tensor([0.1, 0.3, 0.2]), 0.2).item() == pytest.approx(0.0, abs=1e-7)
+    assert length_loss(torch.tensor([1.0, 1.0]), 0.2).item() == pytest.approx(0.8)
+
+
+def test_dpp_loss_small_case_by_hand():
+    # Orthonormal features: D = diag(s_i^2). sigma = 0.5 of n = 2 -> subset = the top score.
+    s = torch.tensor([0.9, 0.3])
+    x = torch.eye(2)
+    expected = -math.log(0.81) + math.log((1 + 0.81) * (1 + 0.09))
+    assert dpp_loss(s, x, 0.5, jitter=0.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dpp_loss_three_points_by_hand():
+    # x1 = x2 (duplicates), x3 orthogonal; s = (1, 1, 0.5); sigma = 2/3 -> subset = ids 0, 1
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    s = torch.tensor([1.0, 1.0, 0.5], dtype=torch.float64)
+    # D = [[1,1,0],[1,1,0],[0,0,0.25]]; det(D + I) = det([[2,1],[1,2]]) * 1.25 = 3.75
+    # D_S = [[1,1],[1,1]] + j I -> det = (1 + j)^2 - 1 = 2j + j^2
+    j = 1e-4
+    expected = math.log(3.75) - math.log(2 * j + j * j)
+    assert dpp_loss(s, x, 2 / 3, jitter=j).item() == pytest.approx(expected, rel=1e-5)
+    # a diverse subset (scores favour ids 0 and 2) has a much lower loss than the duplicate pair
+    diverse = dpp_loss(torch.tensor([1.0, 0.5, 0.9], dtype=torch.float64), x, 2 / 3, jitter=j)
+    assert diverse.item() < 2.0
+
+
+def test_dpp_loss_is_finite_and_differentiable_on_degenerate_batches():
+    s = torch.full((16,), 0.5, requires_grad=True)
+    x = torch.ones(16, 4)  # all duplicates, rank 1, and more points than dimensions
+    loss = dpp_loss(s, x, 0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+# ------------------------------------------------------------------ networks
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _dropouts_after_each_hidden(seq: nn.Sequential, p: float) -> bool:
+    mods = list(seq)
+    linear_pos = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
+    for i in linear_pos[:-1]:  # every hidden layer: Linear, ReLU, Dropout(p)
+        if not (isinstance(mods[i + 1], nn.ReLU) and isinstance(mods[i + 2], nn.Dropout) and mods[i + 2].p == p):
+            return False
+    return not isinstance(mods[-1], nn.Dropout)
+
+
+def test_scorenet_is_a_five_layer_mlp_with_dropout_and_scores_in_unit_interval():
+    net = ScoreNet(20)
+    assert len(_linears(net)) == 5
+    assert _linears(net)[0].in_features == 20 and _linears(net)[-1].out_features == 1
+    assert _dropouts_after_each_hidden(net.net, 0.4)
+    net.eval()
+    s = net(torch.randn(7, 20) * 100)
+    assert s.shape == (7,) and (s >= 0).all() and (s <= 1).all()
+
+
+def test_scorenet_uses_xavier_initialisation():
+    torch.manual_seed(0)
+    w = _linears(ScoreNet(400, hidden=(300, 8, 8, 8)))[0].weight
+    bound = math.sqrt(6.0 / (400 + 300))
+    assert w.abs().max().item() <= bound and w.abs().max().item() > 0.9 * bound
+
+
+def test_vae_encoder_and_decoder_are_seven_layer_mlps():
+    vae = FeatureVAE(20, latent_dim=5)
+    assert len(_linears(vae.encoder)) == 7 and len(_linears(vae.decoder)) == 7
+    assert _dropouts_after_each_hidden(vae.encoder, 0.4) and _dropouts_after_each_hidden(vae.decoder, 0.4)
+    rec, mu, logvar = vae(torch.randn(3, 20))
+    assert rec.shape == (3, 20) and mu.shape == (3, 5) and logvar.shape == (3, 5)
+
+
+def test_discriminator_is_scorenet_without_dropout():
+    d = Discriminator(20)
+    assert len(_linears(d)) == 5
+    assert not any(isinstance(m, nn.Dropout) for m in d.modules())
+    logit, hidden = d(torch.randn(3, 20))
+    assert logit.shape == (3,) and hidden.shape == (3, 32)
+
+
+def test_widths_are_configurable_and_checked():
+    assert _linears(ScoreNet(10, hidden=(7, 6, 5, 4)))[1].in_features == 7
+    with pytest.raises(ValueError, match="4 positive hidden widths"):
+        ScoreNet(10, hidden=(8, 8))
+    with pytest.raises(ConfigError, match="vae_hidden takes 6 widths"):
+        DAALParams(vae_hidden=(8, 8))
+    with pytest.raises(ConfigError, match="at least one discriminator"):
+        DAALParams(use_udis=False, use_rdis=False)
+
+
+# ------------------------------------------------------------------ Alg. 1
+def _snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def _changed(before, params):
+    return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
+
+
+@pytest.mark.parametrize("ablation", [{}, {"use_udis": False}, {"use_rdis": False}])
+def test_each_update_changes_only_its_own_group(ablation):
+    torch.manual_seed(0)
+    p = DAALParams(score_hidden=(16, 8, 8, 4), disc_hidden=(16, 8, 8, 4), vae_hidden=(16, 16, 8, 8, 8, 8),
+                   latent_dim=4, **ablation)
+    nets = DAALNets(6, p)
+    groups = nets.groups()
+    ids = lambda *mods: {id(q) for m in mods for q in m.parameters()}  # noqa: E731
+    assert {id(q) for q in groups["rater"]} == ids(nets.score, nets.vae.encoder)
+    assert {id(q) for q in groups["decoder"]} == ids(nets.vae.decoder)
+    assert {id(q) for q in groups["discriminators"]} == ids(nets.udis, nets.rdis)
+    opts = {k: torch.optim.Adam(v, lr=1e-2) for k, v in groups.items()}
+    x_l, x_u = torch.randn(10, 6), torch.randn(10, 6)
+
+    # Run the three updates one at a time by disabling the others' optimiser steps.
+    for active in groups:
+        before = {k: _snapshot(v) for k, v in groups.items()}
+        saved = {k: o.step for k, o in opts.items()}
+        for k, o in opts.items():
+            if k != active:
+                o.step = lambda *a, **kw: None
+        try:
+            daal_step(nets, opts, p, x_l, x_u)
+        finally:
+            for k, o in opts.items():
+                o.step = saved[k]
+        for k, params in groups.items():
+            changed = _changed(before[k], params)
+            if k == active:
+                # every parameter a branch uses moves; a disabled discriminator stays put
+                used = [q for q in params if q.grad is not None]
+                assert any(changed) and len(used) > 0, (active, k)
+            else:
+                assert not any(changed), f"update {active} changed group {k}"
+
+
+def test_training_reduces_the_discriminator_loss_and_resumes_from_checkpoint(tmp_path):
+    rng = np.random.default_rng(0)
+    x_l = rng.normal(size=(64, 8)).astype(np.float32)
+    x_u = rng.normal(size=(128, 8)).astype(np.float32) + 1.0
+    p = DAALParams(epochs=3, batch_size=32, score_hidden=(16, 8, 8, 4), disc_hidden=(16, 8, 8, 4),
+                   vae_hidden=(16, 16, 8, 8, 8, 8), latent_dim=4)
+    ckpt = tmp_path / "daal.pt"
+    nets, hist = train_daal(x_l, x_u, p, seed=1, checkpoint=ckpt)
+    assert len(hist) == 3 and ckpt.is_file()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 3
+    # resuming a finished run trains no more epochs and restores the same weights
+    again, hist2 = train_daal(x_l, x_u, p, seed=1, checkpoint=ckpt)
+    assert hist2 == []
+    for a, b in zip(nets.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
