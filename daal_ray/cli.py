@@ -57,6 +57,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
     r.add_argument("--use-gpu", action="store_true", default=None, help="train and infer on GPUs")
     r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per Train worker (default: 1)")
     r.add_argument("--inference-actors", type=int, default=None, help="Ray Data actors scoring the pool (default: 1)")
+    r.add_argument("--inference-compute", choices=("actors", "tasks"), default=None,
+                   help="Ray Data execution of the pool predictor: an actor pool (default) or tasks that cache it "
+                        "per worker process (faster on small pools)")
     r.add_argument("--concurrency", type=int, default=None, help="experiments run at once (default: as resources allow)")
     r.add_argument("--num-cpus", type=int, default=None,
                    help="logical CPUs of a locally started Ray (default: max(8, 4 x cores)); ignored on a cluster")
@@ -93,6 +96,7 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
     scale = {"num_workers": 1, **_given(("num_workers", args.num_workers), ("use_gpu", args.use_gpu),
                                         ("cpus_per_worker", args.cpus_per_worker),
                                         ("inference_actors", args.inference_actors),
+                                        ("inference_compute", args.inference_compute),
                                         ("trial_concurrency", args.concurrency))}
     if args.use_gpu:
         scale.setdefault("gpus_per_inference_actor", 0.25)

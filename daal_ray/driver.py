@@ -40,12 +40,12 @@ from daal_ray.results import STEP_COLUMNS, read_results, upsert_rows
 from daal_ray.training import (
     METRICS,
     barrier,
-    broadcast_object,
     derive_seed,
     evaluate,
     fit_task_model,
     load_checkpoint_meta,
     save_checkpoint,
+    share_from_rank_zero,
     world,
 )
 
@@ -326,7 +326,7 @@ def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, l
         row["features_s"] = time.perf_counter() - t0
     if trains:
         t0 = time.perf_counter()
-        features = broadcast_object(features)
+        features = share_from_rank_zero(features)
         strategy.fit(FitContext(features=features, num_labeled=int(labeled.size), cycle=cycle, run_dir=str(run_dir),
                                 device=device))
         row["acq_fit_s"] = time.perf_counter() - t0

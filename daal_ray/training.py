@@ -42,14 +42,24 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Send a picklable object from rank ``src`` to every rank (identity when alone)."""
+def share_from_rank_zero(obj: Any) -> Any:
+    """Send an object holding Ray references (a Ray Dataset) from rank 0 to every rank.
+
+    torch's ``broadcast_object_list`` pickles outside Ray, which loses the owner of every
+    ObjectRef inside; instead rank 0 ``ray.put``s the object and the single reference goes
+    through Ray Train's own broadcast, so ownership is tracked.
+    """
     rank, size = world()
     if size == 1:
         return obj
-    box = [obj if rank == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    import ray
+    import ray.train.collective
+
+    ref = ray.put(obj) if rank == 0 else None
+    box = ray.train.collective.broadcast_from_rank_zero([ref] if rank == 0 else None)
+    out = obj if rank == 0 else ray.get(box[0])
+    barrier()  # rank 0 holds ``ref`` until every rank has its copy
+    return out
 
 
 def barrier() -> None:

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from daal_ray import driver as driver_mod
 from daal_ray.driver import STATE_FILE, run_experiment
@@ -182,3 +183,18 @@ def test_two_cycles_on_real_worker_group_accuracy_rises(ray_session, tiny_config
     # the Ray Train run recorded a checkpoint per cycle
     ckpts = [p for p in (tmp_path / cfg.name / "ray_train" / "train").glob("checkpoint_*") if p.is_dir()]
     assert len(ckpts) == 2
+
+
+@pytest.mark.slow
+def test_daal_trains_on_two_ranks_and_selects(ray_session, tiny_config, tmp_path):
+    """DAAL's fit runs on both ranks of a real worker group (features broadcast, gradients
+    averaged), then its ScoreNet scores the pool through Ray Data."""
+    cfg = tiny_config("daal", num_workers=2, final_fraction=0.10)
+    cfg = cfg.replace(acquisition=cfg.acquisition.replace(params={"epochs": 2, "batch_size": 32}))
+    table = run_experiment(cfg, tmp_path)
+    state = _state(tmp_path, cfg)
+    assert state.history[1].num_added == cfg.schedule(len(state))[1]
+    row = table.to_pylist()[0]
+    assert row["acq_fit_s"] > 0 and row["num_selected"] == state.history[1].num_added
+    ckpt = torch.load(tmp_path / cfg.name / "checkpoints" / "cycle_000" / "daal.pt", weights_only=True)
+    assert ckpt["epoch"] == 2

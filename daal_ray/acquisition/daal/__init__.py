@@ -60,7 +60,8 @@ class DAALStrategy(Strategy):
         xl, xu = features_by_labeled(ctx.features, rank, size)
         ckpt = Path(ctx.run_dir) / "checkpoints" / f"cycle_{ctx.cycle:03d}" / "daal.pt" if ctx.run_dir else None
         nets, self.history = train_daal(xl, xu, self.params, seed=derive_seed(self.seed, self.cycle, 0xDAA1),
-                                        device=ctx.device or torch.device("cpu"), checkpoint=ckpt)
+                                        device=ctx.device or torch.device("cpu"), checkpoint=ckpt,
+                                        log_every=max(1, self.params.epochs // 5))
         self.feature_dim = xu.shape[1]
         self.score_state = {k: v.detach().cpu() for k, v in nets.score.state_dict().items()}
         self._net = None
