@@ -89,6 +89,27 @@ def curve_summary(table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray, np
     return out
 
 
+def aulc(fractions: np.ndarray, values: np.ndarray) -> float:
+    """Area under one learning curve, normalised by its fraction range (so it reads as a
+    mean metric): trapezoids over the sorted labeled fractions."""
+    order = np.argsort(fractions)
+    f, v = np.asarray(fractions, float)[order], np.asarray(values, float)[order]
+    if f.size < 2 or f[-1] == f[0]:
+        return float(v.mean()) if v.size else float("nan")
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(f)) / (f[-1] - f[0]))
+
+
+def aulc_summary(table: pa.Table) -> dict[str, tuple[float, float, int]]:
+    """Per strategy: mean and std over seeds of each seed's AULC, and the seed count."""
+    per: dict[str, list[float]] = {}
+    rows = table.select(["strategy", "seed", "labeled_fraction", "value"]).to_pylist()
+    for strategy, seed in sorted({(r["strategy"], r["seed"]) for r in rows}):
+        mine = [r for r in rows if r["strategy"] == strategy and r["seed"] == seed]
+        per.setdefault(strategy, []).append(aulc(np.array([r["labeled_fraction"] for r in mine]),
+                                                 np.array([r["value"] for r in mine])))
+    return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in per.items()}
+
+
 def format_table(table: pa.Table) -> str:
     """Metric at each labeled fraction per strategy, mean +- std over seeds, as text."""
     summary = curve_summary(table)
@@ -101,6 +122,10 @@ def format_table(table: pa.Table) -> str:
     for strategy, (fr, mean, std, _) in summary.items():
         cells = {f: f"{100 * m:.2f} +- {100 * s:.2f}" for f, m, s in zip(fr, mean, std)}
         lines.append(f"{strategy:<14}" + "".join(f"{cells.get(f, '-'):>15}" for f in fracs))
+    lines.append("")
+    lines.append("area under the learning curve (mean +- std over seeds)")
+    for strategy, (m, sd, n) in aulc_summary(table).items():
+        lines.append(f"{strategy:<14}{100 * m:>10.2f} +- {100 * sd:.2f}  (n={n})")
     return "\n".join(lines)
 
 

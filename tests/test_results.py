@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 import pyarrow as pa
 import pytest
 
@@ -110,8 +112,11 @@ def test_format_table_mean_std_strings():
     assert lines[0] == "accuracy (mean +- std over seeds) at each labeled fraction"
     header = lines[1].split()
     assert header == ["strategy", "10%", "15%"]
-    body = {line.split()[0]: line for line in lines[2:]}
+    blank = lines.index("")
+    body = {line.split()[0]: line for line in lines[2:blank]}
     assert set(body) == {"random", "entropy"}
+    assert lines[blank + 1] == "area under the learning curve (mean +- std over seeds)"
+    assert {line.split()[0] for line in lines[blank + 2:]} == {"random", "entropy"}
     assert "85.00 +- 5.00" in body["random"] and "90.00 +- 5.00" in body["random"]
     assert body["random"].index("85.00") < body["random"].index("90.00")
     assert "70.00 +- 0.00" in body["entropy"]
@@ -138,3 +143,26 @@ def test_plot_learning_curves_writes_png(tmp_path):
     with Image.open(out) as im:
         w, h = im.size
         assert w > 100 and h > 100
+
+
+def test_aulc_by_hand():
+    from daal_ray.results import aulc
+
+    # trapezoids over fractions 0.1, 0.2, 0.4 with values 0.5, 0.7, 0.9:
+    # (0.6 * 0.1 + 0.8 * 0.2) / 0.3 = 0.22 / 0.3
+    assert aulc(np.array([0.4, 0.1, 0.2]), np.array([0.9, 0.5, 0.7])) == pytest.approx(0.22 / 0.3)
+    assert aulc(np.array([0.1]), np.array([0.8])) == pytest.approx(0.8)
+
+
+def test_aulc_summary_over_seeds():
+    import pyarrow as pa
+
+    from daal_ray.results import aulc_summary
+
+    rows = []
+    for seed, top in ((0, 0.9), (1, 0.7)):
+        for f, v in ((0.1, 0.5), (0.2, top)):
+            rows.append({"strategy": "x", "seed": seed, "labeled_fraction": f, "value": v})
+    summary = aulc_summary(pa.Table.from_pylist(rows))
+    mean, std, n = summary["x"]
+    assert n == 2 and mean == pytest.approx((0.7 + 0.6) / 2) and std == pytest.approx(0.05)
