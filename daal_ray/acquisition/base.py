@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import numpy as np
 
 from daal_ray.config import AcquisitionConfig, _Config
-from daal_ray.errors import ConfigError
+from daal_ray.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -78,32 +78,24 @@ class Strategy:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategies")
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator adding ``cls`` to the registry under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"strategy {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return STRATEGIES.add(cls.name, cls, cls.description)
 
 
 def strategy_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return STRATEGIES.names()
 
 
 def strategy_descriptions() -> dict[str, str]:
-    return {n: _REGISTRY[n].description for n in strategy_names()}
+    return STRATEGIES.descriptions()
 
 
 def get_strategy_class(name: str) -> type[Strategy]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; registered strategies: {', '.join(strategy_names())}") from None
+    return STRATEGIES.get(name)
 
 
 def build_strategy(config: AcquisitionConfig, seed: int, cycle: int) -> Strategy:

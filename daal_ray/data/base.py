@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from daal_ray.config import DataConfig, TrainConfig
-from daal_ray.errors import ConfigError, DataError
+from daal_ray.errors import DataError
+from daal_ray.registry import Registry
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -151,43 +152,35 @@ class InMemoryDataset(PoolDataset):
         return self._y[split][self._rows(split, ids)].copy()
 
 
-_REGISTRY: dict[str, Callable[[DataConfig], PoolDataset]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
+DATASETS: Registry[Callable[[DataConfig], PoolDataset]] = Registry("dataset")
 
 
 def register_dataset(name: str, description: str = "") -> Callable:
     """Class or factory decorator: ``@register_dataset("digits")``; the factory takes a DataConfig."""
 
     def deco(factory: Callable[[DataConfig], PoolDataset]):
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = factory
-        _DESCRIPTIONS[name] = description or (factory.__doc__ or "").strip().splitlines()[0]
-        return factory
+        return DATASETS.add(name, factory, description)
 
     return deco
 
 
 def dataset_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def dataset_descriptions() -> dict[str, str]:
-    return {k: _DESCRIPTIONS[k] for k in sorted(_DESCRIPTIONS)}
+    return DATASETS.descriptions()
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown dataset {name!r}; registered datasets: {', '.join(dataset_names())}")
+    DATASETS.check(name)
 
 
 def get_dataset_class(name: str) -> type[PoolDataset]:
     """The registered class of ``name`` (no data is read)."""
-    check_dataset_name(name)
-    return _REGISTRY[name]  # type: ignore[return-value]
+    return DATASETS.get(name)  # type: ignore[return-value]
 
 
 def get_dataset(config: DataConfig) -> PoolDataset:
     """Build the dataset ``config.name`` (``DataError`` if its files are missing or bad)."""
-    check_dataset_name(config.name)
-    return _REGISTRY[config.name](config)
+    return DATASETS.get(config.name)(config)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from daal_ray.errors import ConfigError
+from daal_ray.registry import Registry
 
 
 class TaskModel(nn.Module):
@@ -28,36 +28,29 @@ class TaskModel(nn.Module):
 
 
 ModelFactory = Callable[..., TaskModel]
-_REGISTRY: dict[str, ModelFactory] = {}
-_DESCRIPTIONS: dict[str, str] = {}
+MODELS: Registry[ModelFactory] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator: the factory takes ``num_classes`` and ``in_channels`` keywords."""
 
     def deco(factory: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = factory
-        _DESCRIPTIONS[name] = (factory.__doc__ or "").strip().splitlines()[0]
-        return factory
+        return MODELS.add(name, factory)
 
     return deco
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def model_descriptions() -> dict[str, str]:
-    return {k: _DESCRIPTIONS[k] for k in sorted(_DESCRIPTIONS)}
+    return MODELS.descriptions()
 
 
 def check_model_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(model_names())}")
+    MODELS.check(name)
 
 
 def build_model(name: str, num_classes: int, in_channels: int) -> TaskModel:
-    check_model_name(name)
-    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)
+    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels)
