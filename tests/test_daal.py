@@ -149,7 +149,7 @@ def _changed(before, params):
     return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
 
 
-@pytest.mark.parametrize("ablation", [{}, {"use_udis": False}, {"use_rdis": False}])
+@pytest.mark.parametrize("ablation", [{}, {"use_udis": False}, {"use_rdis": False}, {"rater_adversarial": True}])
 def test_each_update_changes_only_its_own_group(ablation):
     torch.manual_seed(0)
     p = DAALParams(score_hidden=(16, 8, 8, 4), disc_hidden=(16, 8, 8, 4), vae_hidden=(16, 16, 8, 8, 8, 8),

@@ -56,6 +56,9 @@ class DAALParams(_Config):
         use_length_loss, use_dpp_loss: the two sparsity terms.
         normalize: scale features to unit L2 norm before DAAL sees them (keeps the DPP
             kernel's determinants well scaled).
+        rater_adversarial: also train {ScoreNet, encoder} to fool the discriminators (the
+            generator GAN term added to update 1). Alg. 1 line 14 omits it; the paper's text
+            says "the informativeness rater is trained to trick the discriminators".
         gan_form: generator loss, ``non_saturating`` (default) or Eq. 4's ``saturating`` form.
         dpp_jitter: added to the DPP subset kernel's diagonal.
         w_recon, w_prior, w_gan, w_length, w_dpp: loss weights (paper: all 1).
@@ -75,6 +78,7 @@ class DAALParams(_Config):
     use_length_loss: bool = True
     use_dpp_loss: bool = True
     normalize: bool = True
+    rater_adversarial: bool = False
     gan_form: Literal["non_saturating", "saturating"] = "non_saturating"
     dpp_jitter: float = 1e-4
     w_recon: float = 1.0
@@ -184,13 +188,15 @@ def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALPar
 
     # 1. {ScoreNet, encoder} <- L_recon + L_prior + L_sparsity
     s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde = _rater_forward(nets, x_u)
-    _, _, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
+    _, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
     recon = L.recon_loss(rh, fh)
     prior = L.prior_loss(mu_h, lv_h) + L.prior_loss(mu_t, lv_t)
     length = L.length_loss(s, p.sigma) if p.use_length_loss else s.new_zeros(())
     dpp = L.dpp_loss(s, x_u, p.sigma, p.dpp_jitter) if p.use_dpp_loss else s.new_zeros(())
-    _update(p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp, groups["rater"],
-            opts["rater"])
+    rater = p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp
+    if p.rater_adversarial:
+        rater = rater + p.w_gan * L.generator_gan_loss(fake_logits, saturating=saturating)
+    _update(rater, groups["rater"], opts["rater"])
 
     # 2. {decoder} <- L_recon + L_GAN (the decoder tries to fool both discriminators)
     s, _, x_hat, x_tilde = _rater_forward(nets, x_u)
