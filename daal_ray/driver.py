@@ -17,13 +17,15 @@ reuses the cycle's checkpoint if the model was already trained.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +36,7 @@ from daal_ray.acquisition import FitContext, build_strategy
 from daal_ray.config import ExperimentConfig
 from daal_ray.data import get_dataset, get_dataset_class
 from daal_ray.data.base import PoolDataset
-from daal_ray.errors import ConfigError, DaalRayError, PoolStateError
+from daal_ray.errors import ConfigError, DaalRayError, PoolStateError, RunLockedError
 from daal_ray.pool import PoolState
 from daal_ray.results import STEP_COLUMNS, read_results, upsert_rows
 from daal_ray.training import (
@@ -164,6 +166,39 @@ def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while an experiment runs in it.
+
+    The lock is an ``flock`` on ``run_dir/.lock``: the kernel drops it when the holder
+    dies, so a crashed run never blocks its own resumption, while a live one refuses a
+    second run that would interleave writes to the same pool state.
+
+    Raises:
+        RunLockedError: naming the lock file and the pid that holds it.
+    """
+    path = run_dir / LOCK_FILE
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise RunLockedError(f"{run_dir} is in use by a live run (lock {path} held by pid {holder}); "
+                                 f"wait for it to finish or use another run directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
 
 
 def initial_pool(pool_ids: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -342,22 +377,11 @@ def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, l
     return ids
 
 
-# ====================================================================== entry point
-def run_experiment(cfg: ExperimentConfig, run_root: str | Path) -> pa.Table:
-    """Run (or resume) one experiment under ``run_root/cfg.name``; returns its results.
-
-    Raises:
-        DaalRayError: bad config or data, with the message naming the fix.
-    """
+def _fit(cfg: ExperimentConfig, run_dir: Path, pool_ids: np.ndarray) -> None:
+    """Start the ALDriver and the experiment's worker group; return when all cycles are done."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg = resolve_config(cfg)
-    run_dir = (Path(run_root) / cfg.name).resolve()
-    dataset = get_dataset(cfg.data)  # fails fast on a missing root or unreadable files
-    pool_ids = dataset.sample_ids("train")
-    cfg.schedule(len(pool_ids))  # fails fast on a budget larger than the pool
-    prepare_run_dir(run_dir, cfg)
     run_id = run_id_of(cfg)
     name = driver_name(run_dir)
     # Keep the handle for the whole fit: a non-detached actor dies with its last handle.
@@ -386,4 +410,23 @@ def run_experiment(cfg: ExperimentConfig, run_root: str | Path) -> pa.Table:
         raise
     finally:
         del driver
+
+
+# ====================================================================== entry point
+def run_experiment(cfg: ExperimentConfig, run_root: str | Path) -> pa.Table:
+    """Run (or resume) one experiment under ``run_root/cfg.name``; returns its results.
+
+    Raises:
+        DaalRayError: bad config or data, with the message naming the fix;
+            RunLockedError if a live run holds the run directory.
+    """
+    cfg = resolve_config(cfg)
+    run_dir = (Path(run_root) / cfg.name).resolve()
+    dataset = get_dataset(cfg.data)  # fails fast on a missing root or unreadable files
+    pool_ids = dataset.sample_ids("train")
+    cfg.schedule(len(pool_ids))  # fails fast on a budget larger than the pool
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_run_dir(run_dir):
+        prepare_run_dir(run_dir, cfg)
+        _fit(cfg, run_dir, pool_ids)
     return read_results(run_dir)

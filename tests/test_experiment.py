@@ -144,6 +144,25 @@ def test_resume_after_finish_changes_nothing(ray_session, tiny_config, tmp_path)
     assert first.select(["cycle", "value"]).equals(again.select(["cycle", "value"]))
 
 
+def test_a_live_run_directory_is_refused_naming_the_lock(ray_session, tiny_config, tmp_path):
+    import fcntl
+
+    from daal_ray.errors import RunLockedError
+
+    cfg = tiny_config("random", final_fraction=0.10)
+    run_dir = tmp_path / cfg.name
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "a+") as held:  # another live run
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(RunLockedError, match=r"lock .*\.lock held by pid 4242"):
+            run_experiment(cfg, tmp_path)
+    assert not (run_dir / STATE_FILE).exists() and not (run_dir / "config.json").exists()
+    run_experiment(cfg, tmp_path)  # the lock is gone with its holder
+    assert (run_dir / STATE_FILE).exists()
+
+
 def test_killed_aldriver_comes_back_with_its_state(ray_session, tmp_path):
     ray = ray_session
     from daal_ray.driver import start_driver
