@@ -19,7 +19,6 @@ import io
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -33,6 +32,7 @@ from torch import nn
 from daal_ray.acquisition.daal import losses as L
 from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
 from daal_ray.config import _Config, _check
+from daal_ray.training import world as rank_and_world
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +214,6 @@ def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALPar
     return StepLosses(*(float(t.detach()) for t in (recon, prior, length, dpp, gan, s.mean())))
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def train_daal(x_labeled: np.ndarray, x_unlabeled: np.ndarray, p: DAALParams, *, seed: int,
                device: torch.device = torch.device("cpu"), checkpoint: Optional[Path] = None,
                log_every: int = 0) -> tuple[DAALNets, list[StepLosses]]:
@@ -232,7 +226,7 @@ def train_daal(x_labeled: np.ndarray, x_unlabeled: np.ndarray, p: DAALParams, *,
     Args:
         checkpoint: file to resume from and write after every epoch (rank 0 writes).
     """
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     if x_unlabeled.shape[0] == 0 or x_labeled.shape[0] == 0:
         raise ValueError("DAAL needs labeled and unlabeled features on every rank")
     torch.manual_seed(seed)
