@@ -6,7 +6,9 @@ under several settings in one process, one after another, on one Ray instance:
 
 * ``concurrent``: as the job runs by default (experiments in parallel, inference actors);
 * ``sequential``: one experiment at a time, so step times are not inflated by contention;
-* ``sequential-tasks``: the same with ``inference_compute=tasks``.
+* ``sequential-tasks``: the same with ``inference_compute=tasks``;
+* ``grouped-tasks``: one experiment at a time in ONE Ray Train worker group (no Tune
+  trial per experiment), task inference: what ``jobs/digits.py`` does by default.
 
 Orchestration is everything that is not compute: Ray start-up, the Train worker group's
 start-up, Ray Data scheduling and actor start-up, Tune trial start-up, ALDriver round trips.
@@ -14,9 +16,9 @@ Compute is what a plain single process would also have to do: training and evalu
 task model on each cycle's labeled set (``train_s``), training the acquisition networks
 (``acq_fit_s``, DAAL), and a forward + scoring pass over the pool (timed here, in this
 process, with plain PyTorch on one thread). The share is taken of the job's wall time in
-the ``sequential`` settings, where the steps do not overlap.
+the one-at-a-time settings, where the steps do not overlap.
 
-    python bench/digits_main.py                      # all three settings, ~12 min on 2 cores
+    python bench/digits_main.py                      # all four settings, ~17 min on 2 cores
     python bench/digits_main.py --settings concurrent
 """
 
@@ -38,10 +40,11 @@ from daal_ray.models import build_model
 from daal_ray.runtime import init_ray, quiet_ray_data
 from daal_ray.tuning import plan_experiments, run_experiments
 
-SETTINGS = {
-    "concurrent": dict(trial_concurrency=0, inference_compute="actors"),
-    "sequential": dict(trial_concurrency=1, inference_compute="actors"),
-    "sequential-tasks": dict(trial_concurrency=1, inference_compute="tasks"),
+SETTINGS = {  # scale fields, and whether the experiments share one worker group
+    "concurrent": (dict(trial_concurrency=0, inference_compute="actors"), False),
+    "sequential": (dict(trial_concurrency=1, inference_compute="actors"), False),
+    "sequential-tasks": (dict(trial_concurrency=1, inference_compute="tasks"), False),
+    "grouped-tasks": (dict(trial_concurrency=1, inference_compute="tasks"), True),
 }
 
 
@@ -64,11 +67,12 @@ def pool_pass_seconds(cfg, repeats: int = 5) -> float:
 
 
 def run_setting(name: str, strategies: list[str], seeds: int, root: Path) -> dict:
+    scale, shared = SETTINGS[name]
     configs = plan_experiments(dataset="digits", strategies=strategies, seeds=range(seeds),
-                               scale={"num_workers": 1, **SETTINGS[name]},
+                               scale={"num_workers": 1, **scale},
                                strategy_params={"daal": {"epochs": 15}})  # as jobs/digits.py
     t0 = time.perf_counter()
-    table = run_experiments(configs, root / name, concurrency=SETTINGS[name]["trial_concurrency"])
+    table = run_experiments(configs, root / name, concurrency=scale["trial_concurrency"], share_worker_group=shared)
     wall = time.perf_counter() - t0
     rows = table.to_pylist()
     fwd = pool_pass_seconds(configs[0])
@@ -123,7 +127,7 @@ def report(ray_init_s: float, results: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s = r["steps"]
-        share = f"{1 - r['compute_s'] / r['wall_s']:.0%}" if r["setting"].startswith("sequential") else "n/a (overlapped)"
+        share = "n/a (overlapped)" if r["setting"] == "concurrent" else f"{1 - r['compute_s'] / r['wall_s']:.0%}"
         print(f"| {r['setting']} | {r['experiments']} | {r['wall_s']:.1f} | {r['experiment_s']:.1f} | "
               f"{r['compute_s']:.1f} | {share} | {s['train_s']:.1f} | {s['acq_fit_s']:.1f} | {s['startup_s']:.1f} | "
               f"{s['features_s']:.1f} | {s['scoring_s']:.1f} | {s['overhead_s']:.1f} |")

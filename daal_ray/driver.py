@@ -377,29 +377,29 @@ def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, l
     return ids
 
 
-def _fit(cfg: ExperimentConfig, run_dir: Path, pool_ids: np.ndarray) -> None:
-    """Start the ALDriver and the experiment's worker group; return when all cycles are done."""
+def group_loop(loop_config: dict[str, Any]) -> None:
+    """Per-worker body of several experiments run one after another in one worker group."""
+    for i, item in enumerate(loop_config["experiments"]):
+        # Only the first experiment paid the worker group's start-up.
+        experiment_loop({**item, "submitted_at": loop_config["submitted_at"] if i == 0 else time.time()})
+
+
+def _fit(loop: Any, loop_config: dict[str, Any], scale: Any, storage: Path) -> None:
+    """Run ``loop`` on a Ray Train worker group sized by ``scale``; return when it is done."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    run_id = run_id_of(cfg)
-    name = driver_name(run_dir)
-    # Keep the handle for the whole fit: a non-detached actor dies with its last handle.
-    driver = start_driver(run_dir, run_id, pool_ids)
-
-    s = cfg.scale
-    resources = {"CPU": s.cpus_per_worker}
-    if s.use_gpu:
-        resources["GPU"] = s.gpus_per_worker
+    resources = {"CPU": scale.cpus_per_worker}
+    if scale.use_gpu:
+        resources["GPU"] = scale.gpus_per_worker
     trainer = TorchTrainer(
-        experiment_loop,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "driver_name": name,
-                           "submitted_at": time.time()},
-        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+        loop,
+        train_loop_config={**loop_config, "submitted_at": time.time()},
+        scaling_config=ray.train.ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name="train", storage_path=str(run_dir / "ray_train"),
+        run_config=ray.train.RunConfig(name=storage.name, storage_path=str(storage.parent),
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo", timeout_s=3600),
+        torch_config=TorchConfig(backend="nccl" if scale.use_gpu else "gloo", timeout_s=3600),
     )
     try:
         trainer.fit()
@@ -408,8 +408,24 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, pool_ids: np.ndarray) -> None:
         if inner is not exc:
             raise inner from None
         raise
-    finally:
-        del driver
+
+
+def _open_experiment(cfg: ExperimentConfig, run_root: str | Path, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Validate, lock and prepare one experiment's run directory and start its ALDriver.
+
+    The lock and the ALDriver handle live as long as ``stack``: a non-detached actor dies
+    with its last handle.
+    """
+    run_dir = (Path(run_root) / cfg.name).resolve()
+    dataset = get_dataset(cfg.data)  # fails fast on a missing root or unreadable files
+    pool_ids = dataset.sample_ids("train")
+    cfg.schedule(len(pool_ids))  # fails fast on a budget larger than the pool
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(hold_run_dir(run_dir))
+    prepare_run_dir(run_dir, cfg)
+    handle = start_driver(run_dir, run_id_of(cfg), pool_ids)
+    stack.callback(lambda: handle)  # keeps the handle referenced until the stack closes
+    return {"config": cfg.to_dict(), "run_dir": str(run_dir), "driver_name": driver_name(run_dir)}
 
 
 # ====================================================================== entry point
@@ -421,12 +437,25 @@ def run_experiment(cfg: ExperimentConfig, run_root: str | Path) -> pa.Table:
             RunLockedError if a live run holds the run directory.
     """
     cfg = resolve_config(cfg)
-    run_dir = (Path(run_root) / cfg.name).resolve()
-    dataset = get_dataset(cfg.data)  # fails fast on a missing root or unreadable files
-    pool_ids = dataset.sample_ids("train")
-    cfg.schedule(len(pool_ids))  # fails fast on a budget larger than the pool
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with hold_run_dir(run_dir):
-        prepare_run_dir(run_dir, cfg)
-        _fit(cfg, run_dir, pool_ids)
-    return read_results(run_dir)
+    with contextlib.ExitStack() as stack:
+        item = _open_experiment(cfg, run_root, stack)
+        _fit(experiment_loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
+    return read_results(item["run_dir"])
+
+
+def run_experiment_group(configs: list[ExperimentConfig], run_root: str | Path) -> list[pa.Table]:
+    """Run (or resume) several experiments one after another in ONE Ray Train worker group.
+
+    The group's start-up and teardown are paid once instead of once per experiment; each
+    experiment keeps its own run directory, lock and ALDriver. All configs must share one
+    ScaleConfig (the group's size). If one fails, the rest do not run; a re-run resumes.
+    """
+    configs = [resolve_config(c) for c in configs]
+    if len({json.dumps(c.scale.to_dict(), sort_keys=True) for c in configs}) != 1:
+        raise ConfigError("experiments that share a worker group need one ScaleConfig")
+    group = hashlib.sha1(",".join(c.name for c in configs).encode()).hexdigest()[:10]
+    with contextlib.ExitStack() as stack:
+        items = [_open_experiment(cfg, run_root, stack) for cfg in configs]
+        _fit(group_loop, {"experiments": items}, configs[0].scale,
+             Path(run_root).resolve() / "ray_train" / f"group-{group}")
+    return [read_results(item["run_dir"]) for item in items]

@@ -101,18 +101,27 @@ def _trial(config: dict[str, Any]) -> None:
 
 
 def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",
-                    concurrency: int = 0) -> pa.Table:
-    """Run every config as a Tune trial under ``run_root``; return all results combined.
+                    concurrency: int = 0, share_worker_group: Optional[bool] = None) -> pa.Table:
+    """Run every config under ``run_root``; return all results combined.
 
-    The combined table is also written to ``run_root/results.parquet``. If a trial fails,
-    the first error is raised (unwrapped to the message that names the fix) after the
-    others finish.
+    With ``share_worker_group`` (default: when ``concurrency=1``) the experiments run one
+    after another in one Ray Train worker group (:func:`daal_ray.driver.run_experiment_group`),
+    which pays the group's start-up once. Otherwise each is a Tune trial, run in parallel as resources allow; if a trial
+    fails, the first error is raised (unwrapped to the message that names the fix) after the
+    others finish. The combined table is also written to ``run_root/results.parquet``.
     """
     import ray.tune
+
+    from daal_ray.driver import run_experiment_group
 
     preflight(configs)
     run_root = Path(run_root).resolve()
     run_root.mkdir(parents=True, exist_ok=True)
+    if share_worker_group is None:
+        share_worker_group = concurrency == 1
+    if share_worker_group:
+        run_experiment_group(list(configs), run_root)
+        return combine([run_root / c.name / RESULTS_FILE for c in configs], run_root / RESULTS_FILE)
     tuner = ray.tune.Tuner(
         # A trial only waits on its TorchTrainer, which reserves the real resources itself.
         ray.tune.with_resources(_trial, {"cpu": 0.01}),

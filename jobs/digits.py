@@ -28,8 +28,9 @@ def main(argv=None) -> int:
     add_run_arguments(parser, with_dataset=False, strategies=",".join(DEFAULT_STRATEGIES), seeds=2, run_dir="runs/digits")
     parser.add_argument("--daal-epochs", type=int, default=15,
                         help="DAAL training epochs per cycle (default: 15, sized for this small pool)")
-    # Measured in BENCHMARKS.md on 2 cores: one experiment at a time with task inference is the
-    # fastest setting for this small pool (it pays no actor start-up per cycle and no contention).
+    # Measured in BENCHMARKS.md on 2 cores: one experiment at a time (sharing one worker group)
+    # with task inference is the fastest setting for this small pool: no actor start-up per
+    # cycle, no worker-group start-up per experiment, no contention for the two cores.
     parser.set_defaults(concurrency=1, inference_compute="tasks")
     parser.add_argument("--smoke-test", action="store_true", help="1 seed, 2 cycles, 3 epochs: a quick check")
     args = parser.parse_args(argv)

@@ -217,3 +217,23 @@ def test_daal_trains_on_two_ranks_and_selects(ray_session, tiny_config, tmp_path
     assert row["acq_fit_s"] > 0 and row["num_selected"] == state.history[1].num_added
     ckpt = torch.load(tmp_path / cfg.name / "checkpoints" / "cycle_000" / "daal.pt", weights_only=True)
     assert ckpt["epoch"] == 2
+
+
+def test_sequential_experiments_share_one_worker_group(ray_session, tiny_config, tmp_path):
+    """concurrency=1 runs every experiment in one worker group: the start-up is paid once,
+    and each experiment still has its own run directory and pool state."""
+    from daal_ray.tuning import run_experiments
+
+    configs = [tiny_config(s, seed=0, num_workers=1, final_fraction=0.10) for s in ("random", "entropy")]
+    table = run_experiments(configs, tmp_path, concurrency=1)
+    rows = table.to_pylist()
+    assert sorted({r["experiment"] for r in rows}) == sorted(c.name for c in configs)
+    first_rows = {r["experiment"]: r for r in rows if r["cycle"] == 0}
+    startups = sorted(r["startup_s"] for r in first_rows.values())
+    assert startups[0] < 1.0 < startups[1], startups  # only the first experiment paid the start-up
+    for cfg in configs:
+        state = _state(tmp_path, cfg)
+        assert state.next_cycle == 2
+    a, b = (_state(tmp_path, c) for c in configs)
+    assert np.array_equal(a.ids_of_cycle(0), b.ids_of_cycle(0))
+    assert len(list((tmp_path / "ray_train").glob("group-*"))) == 1
