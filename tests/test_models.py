@@ -124,3 +124,25 @@ def test_models_train_a_step():
         loss.backward()
         first = next(p for p in m.parameters() if p.dim() == 4)
         assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+class _Payload:
+    """Stands for arbitrary code a tampered checkpoint could carry."""
+
+
+def test_checkpoints_are_tensor_state_dicts_and_pickled_objects_are_refused(tmp_path):
+    import torch
+
+    from daal_ray.errors import DataError
+    from daal_ray.models import build_model
+    from daal_ray.training import load_checkpoint_meta, load_state_dict, save_checkpoint
+
+    model = build_model("small_cnn", num_classes=3, in_channels=1)
+    save_checkpoint(model, tmp_path / "ok", {"cycle": 0})
+    state = load_state_dict(tmp_path / "ok" / "model.pt")
+    assert set(state) == set(model.state_dict()) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert load_checkpoint_meta(tmp_path / "ok") == {"cycle": 0}
+    bad = tmp_path / "bad.pt"
+    torch.save({"weight": torch.zeros(2), "extra": _Payload()}, bad)
+    with pytest.raises(DataError, match="holds more than tensors"):
+        load_state_dict(bad)
