@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -126,11 +127,12 @@ def _score_block(batch: dict[str, np.ndarray], strategy: Strategy, k: int) -> di
 
 
 def select_topk(scored_input: ray.data.Dataset, strategy: Strategy, k: int, scale: ScaleConfig,
-                progress: Optional[Any] = None) -> tuple[np.ndarray, np.ndarray, int]:
+                ) -> tuple[np.ndarray, np.ndarray, float]:
     """Exact top ``k`` unlabeled ids of ``scored_input`` under ``strategy``.
 
-    Returns ``(ids, scores, n_blocks_merged)``, best first. Scoring runs as Ray Data tasks;
-    each batch is reduced to its own top-K before it leaves its worker.
+    Returns ``(ids, scores, merge_seconds)``, best first; ``merge_seconds`` is the time
+    spent merging the per-batch top-Ks here (the selection proper). Scoring runs as Ray Data
+    tasks; each batch is reduced to its own top-K before it leaves its worker.
     """
     reduced = scored_input.map_batches(
         _score_block,
@@ -140,9 +142,10 @@ def select_topk(scored_input: ray.data.Dataset, strategy: Strategy, k: int, scal
         num_cpus=scale.cpus_per_inference_actor or 1,
     )
     merger = StreamingTopK(k)
-    n = 0
+    merge_s = 0.0
     for batch in reduced.iter_batches(batch_size=None, batch_format="numpy"):
+        t0 = time.perf_counter()
         merger.push(batch["sample_id"], batch["score"])
-        n += 1
+        merge_s += time.perf_counter() - t0
     ids, scores = merger.result()
-    return ids, scores, n
+    return ids, scores, merge_s

@@ -198,7 +198,7 @@ def test_two_cycles_on_real_worker_group_accuracy_rises(ray_session, tiny_config
     assert [r["cycle"] for r in rows] == [0, 1]
     assert rows[1]["num_labeled"] > rows[0]["num_labeled"]
     assert rows[1]["value"] > rows[0]["value"] + 0.05, rows
-    assert rows[0]["features_s"] > 0 and rows[0]["startup_s"] > 0
+    assert rows[0]["features_s"] > 0 and rows[0]["startup_s"] > 0 and rows[0]["selection_s"] > 0
     # the Ray Train run recorded a checkpoint per cycle
     ckpts = [p for p in (tmp_path / cfg.name / "ray_train" / "train").glob("checkpoint_*") if p.is_dir()]
     assert len(ckpts) == 2
