@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -251,6 +252,14 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
 
 
 # ====================================================================== the loop
+@functools.lru_cache(maxsize=1)
+def _worker_dataset(data_json: str) -> PoolDataset:
+    """The dataset, opened once per worker process for all experiments of a group that share it."""
+    from daal_ray.config import DataConfig
+
+    return get_dataset(DataConfig.from_dict(json.loads(data_json)))
+
+
 def experiment_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker body of an experiment: every cycle, from wherever the state stands."""
     import ray.train
@@ -267,7 +276,7 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
     quiet_ray_data()
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
-    dataset = get_dataset(cfg.data)
+    dataset = _worker_dataset(cfg.data.to_json())
     pool_ids = dataset.sample_ids("train")
     n_initial, per_cycle, rounds = cfg.schedule(len(pool_ids))
     strategy_name = cfg.acquisition.strategy
