@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,14 +68,14 @@ def main() -> None:
     from daal_ray.runtime import init_ray
 
     init_ray()
+    scratch = Path(tempfile.mkdtemp(prefix="daal-fit-bench-"))
     for workers in (1, 2):
-        loop_out = Path(f"/tmp/daal-bench/epoch-{workers}.json")
-        loop_out.parent.mkdir(parents=True, exist_ok=True)
+        loop_out = scratch / f"epoch-{workers}.json"
         trainer = TorchTrainer(_loop, train_loop_config={"n": args.n, "d": args.d, "epochs": args.epochs,
                                                          "out": str(loop_out)},
                                scaling_config=ray.train.ScalingConfig(num_workers=workers),
                                run_config=ray.train.RunConfig(name=f"daal-fit-{workers}",
-                                                              storage_path=str(Path("/tmp/daal-bench").resolve())))
+                                                              storage_path=str(scratch)))
         t0 = time.perf_counter()
         trainer.fit()
         total = time.perf_counter() - t0
