@@ -60,7 +60,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
     r.add_argument("--inference-compute", choices=("actors", "tasks"), default=None,
                    help="Ray Data execution of the pool predictor: an actor pool (default) or tasks that cache it "
                         "per worker process (faster on small pools)")
-    r.add_argument("--concurrency", type=int, default=None, help="experiments run at once (default: as resources allow)")
+    r.add_argument("--concurrency", type=int, default=None,
+                   help="experiments run at once; 1 runs them one after another in one worker group "
+                        "(default: %(default)s; None = as resources allow, one Tune trial each)")
     r.add_argument("--num-cpus", type=int, default=None,
                    help="logical CPUs of a locally started Ray (default: max(8, 4 x cores)); ignored on a cluster")
 
@@ -93,11 +95,11 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
     protocol = _given(("initial_fraction", args.initial_fraction), ("step_fraction", args.step_fraction),
                       ("final_fraction", args.final_fraction))
     data = _given(("root", args.data_root), ("download", args.download or None))
-    scale = {"num_workers": 1, **_given(("num_workers", args.num_workers), ("use_gpu", args.use_gpu),
-                                        ("cpus_per_worker", args.cpus_per_worker),
-                                        ("inference_actors", args.inference_actors),
-                                        ("inference_compute", args.inference_compute),
-                                        ("trial_concurrency", args.concurrency))}
+    base = _read_config_file(args.config)
+    scale = {"num_workers": 1, **base.get("scale", {}),
+             **_given(("num_workers", args.num_workers), ("use_gpu", args.use_gpu),
+                      ("cpus_per_worker", args.cpus_per_worker), ("inference_actors", args.inference_actors),
+                      ("inference_compute", args.inference_compute), ("trial_concurrency", args.concurrency))}
     if args.use_gpu:
         scale.setdefault("gpus_per_inference_actor", 0.25)
     try:
@@ -106,9 +108,6 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
         raise DaalRayError(f"--budget must be integers separated by commas, got {args.budget!r}") from None
     if args.seeds < 1:
         raise DaalRayError(f"--seeds must be >= 1, got {args.seeds}")
-    base = _read_config_file(args.config)
-    if "scale" in base:
-        scale = {**base["scale"], **{k: v for k, v in scale.items() if k != "num_workers" or args.num_workers}}
     return plan_experiments(dataset=dataset or getattr(args, "dataset", None),
                             strategies=_csv(args.strategies) if args.strategies else None,
                             seeds=range(args.seed_offset, args.seed_offset + args.seeds), budgets=budgets,

@@ -253,11 +253,17 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
 
 # ====================================================================== the loop
 @functools.lru_cache(maxsize=1)
-def _worker_dataset(data_json: str) -> PoolDataset:
-    """The dataset, opened once per worker process for all experiments of a group that share it."""
+def _open_dataset(data_json: str) -> PoolDataset:
     from daal_ray.config import DataConfig
 
     return get_dataset(DataConfig.from_dict(json.loads(data_json)))
+
+
+def open_dataset(data: Any) -> PoolDataset:
+    """The dataset of a DataConfig, opened once per process for consecutive users of it
+    (preflight, each experiment of a group, each worker), so a large image folder is not
+    scanned again for every experiment."""
+    return _open_dataset(data.to_json())
 
 
 def experiment_loop(loop_config: dict[str, Any]) -> None:
@@ -276,7 +282,7 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
     quiet_ray_data()
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
-    dataset = _worker_dataset(cfg.data.to_json())
+    dataset = open_dataset(cfg.data)
     pool_ids = dataset.sample_ids("train")
     n_initial, per_cycle, rounds = cfg.schedule(len(pool_ids))
     strategy_name = cfg.acquisition.strategy
@@ -427,8 +433,7 @@ def _open_experiment(cfg: ExperimentConfig, run_root: str | Path, stack: context
     with its last handle.
     """
     run_dir = (Path(run_root) / cfg.name).resolve()
-    dataset = get_dataset(cfg.data)  # fails fast on a missing root or unreadable files
-    pool_ids = dataset.sample_ids("train")
+    pool_ids = open_dataset(cfg.data).sample_ids("train")  # fails fast on a missing root or bad files
     cfg.schedule(len(pool_ids))  # fails fast on a budget larger than the pool
     run_dir.mkdir(parents=True, exist_ok=True)
     stack.enter_context(hold_run_dir(run_dir))

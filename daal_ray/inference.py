@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa

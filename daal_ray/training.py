@@ -127,7 +127,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 def fit_task_model(dataset: PoolDataset, ids: np.ndarray, targets: np.ndarray, cfg: TrainConfig, *,
-                   seed: int, device: torch.device, progress: Optional[Any] = None) -> tuple[TaskModel, FitStats]:
+                   seed: int, device: torch.device) -> tuple[TaskModel, FitStats]:
     """Train a fresh task model on ``ids`` (with their ``targets``) and return it.
 
     Under a process group each rank trains on its shard of every epoch (DistributedSampler)
@@ -159,8 +159,6 @@ def fit_task_model(dataset: PoolDataset, ids: np.ndarray, targets: np.ndarray, c
         steps += n
         first = loss if epoch == 0 else first
         last = loss
-        if progress is not None:
-            progress(epoch, loss)
     return model, FitStats(cfg.epochs, steps, first, last, time.perf_counter() - t0)
 
 

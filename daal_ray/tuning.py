@@ -8,7 +8,6 @@ within the cluster's resources (``ScaleConfig.trial_concurrency`` caps them).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -16,8 +15,8 @@ from typing import Any, Iterable, Optional, Sequence
 import pyarrow as pa
 
 from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, ScaleConfig, TrainConfig
-from daal_ray.data import get_dataset, get_dataset_class
-from daal_ray.driver import _unwrap, resolve_config
+from daal_ray.data import get_dataset_class
+from daal_ray.driver import _unwrap, open_dataset, resolve_config
 from daal_ray.errors import ConfigError
 from daal_ray.results import RESULTS_FILE, combine
 
@@ -78,13 +77,9 @@ def preflight(configs: Sequence[ExperimentConfig]) -> None:
         DaalRayError: a missing data root, an unreadable image, an unknown model, a budget
             larger than the pool, named.
     """
-    pool_sizes: dict[str, int] = {}
     for cfg in configs:
         cfg = resolve_config(cfg)
-        key = json.dumps(cfg.data.to_dict(), sort_keys=True)
-        if key not in pool_sizes:
-            pool_sizes[key] = len(get_dataset(cfg.data).sample_ids("train"))
-        cfg.schedule(pool_sizes[key])
+        cfg.schedule(len(open_dataset(cfg.data).sample_ids("train")))
 
 
 def _trial(config: dict[str, Any]) -> None:
