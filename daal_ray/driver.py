@@ -378,7 +378,7 @@ def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, l
         t0 = time.perf_counter()
         features = share_from_rank_zero(features)
         strategy.fit(FitContext(features=features, num_labeled=int(labeled.size), cycle=cycle, run_dir=str(run_dir),
-                                device=device))
+                                device=device, config=cfg, labeled_ids=np.sort(labeled)))
         row["acq_fit_s"] = time.perf_counter() - t0
     if rank != 0:
         return None

@@ -39,6 +39,9 @@ class FitContext:
         cycle: the cycle whose model produced the features.
         run_dir: the experiment's directory (for checkpoints).
         device: the torch device of this rank.
+        config: the experiment's :class:`~daal_ray.config.ExperimentConfig` (strategies that
+            read images open its dataset with :func:`daal_ray.driver.open_dataset`).
+        labeled_ids: the labeled sample ids, sorted (int64).
         extra: room for strategy-specific inputs.
     """
 
@@ -47,6 +50,8 @@ class FitContext:
     cycle: int
     run_dir: Optional[str] = None
     device: Any = None
+    config: Any = None
+    labeled_ids: Optional[np.ndarray] = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
