@@ -48,6 +48,35 @@ def test_gan_loss_of_a_perfect_and_of_a_fooled_discriminator():
     assert generator_gan_loss([big], saturating=True).item() < generator_gan_loss([-big], saturating=True).item()
 
 
+def test_weighted_gan_losses_hand_computed():
+    # uDis fakes with logits 0 (D = 1/2) and 50 (D = 1), weights 3 and 1 -> weighted mean of log(1 - D)
+    real, fake = torch.tensor([50.0]), torch.tensor([0.0, 50.0])
+    w = torch.tensor([3.0, 1.0])
+    expected = 0.0 + (3 * math.log(0.5) + 1 * -50.0) / 4
+    assert gan_loss([real], [fake], fake_weights=[w]).item() == pytest.approx(expected, rel=1e-5)
+    # equal weights give the plain mean
+    assert gan_loss([real], [fake], fake_weights=[torch.ones(2)]).item() == pytest.approx(gan_loss([real], [fake]).item())
+    # the generator's weighted loss: -log D per fake, weighted
+    assert generator_gan_loss([fake], fake_weights=[w]).item() == pytest.approx(3 * math.log(2) / 4, rel=1e-5)
+    with pytest.raises(ValueError):
+        gan_loss([real], [fake], fake_weights=[w, w])
+
+
+def test_weighted_rater_term_moves_scores_toward_samples_the_discriminators_judge():
+    """The branch weights carry the games to ScoreNet: a sample whose uncertainty
+    reconstruction uDis tells from the labeled set gains score (its weight 1 - s shrinks);
+    one whose summary rDis tells from the originals loses it."""
+    s = torch.full((4,), 0.5, requires_grad=True)
+    # logits: uDis judges samples 0, 1 as not labeled (low D), 2, 3 as labeled; rDis the reverse for 1 and 3
+    u_logits = torch.tensor([-4.0, -4.0, 4.0, 4.0])
+    r_logits = torch.tensor([4.0, -4.0, 4.0, -4.0])
+    loss = generator_gan_loss([u_logits, r_logits], fake_weights=[1.0 - s, s])
+    loss.backward()
+    step = -s.grad  # the direction gradient descent moves the scores
+    assert step[0] > 0 and step[3] < 0  # uncertain and representative up; neither down
+    assert step[0] > step[1] and step[0] > step[2] and step[1] > step[3] and step[2] > step[3]
+
+
 def test_length_loss():
     assert length_loss(torch.tensor([0.1, 0.3, 0.2]), 0.2).item() == pytest.approx(0.0, abs=1e-7)
     assert length_loss(torch.tensor([1.0, 1.0]), 0.2).item() == pytest.approx(0.8)
@@ -130,6 +159,18 @@ def test_discriminator_is_scorenet_without_dropout():
     assert logit.shape == (3,) and hidden.shape == (3, 32)
 
 
+def test_daal_nets_use_the_configured_vae_dropout():
+    def dropouts(m):
+        return [d.p for d in m.modules() if isinstance(d, nn.Dropout)]
+
+    paper = DAALNets(8, DAALParams(vae_dropout=0.4))
+    assert dropouts(paper.vae.encoder) == [0.4] * 6 and dropouts(paper.vae.decoder) == [0.4] * 6
+    default = DAALNets(8, DAALParams())
+    assert dropouts(default.vae) == [] and dropouts(default.score) == [0.4] * 4
+    with pytest.raises(ConfigError):
+        DAALParams(vae_dropout=1.0)
+
+
 def test_widths_are_configurable_and_checked():
     assert _linears(ScoreNet(10, hidden=(7, 6, 5, 4)))[1].in_features == 7
     with pytest.raises(ValueError, match="4 positive hidden widths"):
@@ -149,7 +190,8 @@ def _changed(before, params):
     return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
 
 
-@pytest.mark.parametrize("ablation", [{}, {"use_udis": False}, {"use_rdis": False}, {"rater_adversarial": True}])
+@pytest.mark.parametrize("ablation", [{}, {"use_udis": False}, {"use_rdis": False},
+                                      {"rater_adversarial": False, "weighted_gan": False, "w_feature_recon": 0.0}])
 def test_each_update_changes_only_its_own_group(ablation):
     torch.manual_seed(0)
     p = DAALParams(score_hidden=(16, 8, 8, 4), disc_hidden=(16, 8, 8, 4), vae_hidden=(16, 16, 8, 8, 8, 8),

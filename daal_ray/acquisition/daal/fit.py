@@ -51,17 +51,41 @@ class DAALParams(_Config):
         score_hidden, disc_hidden: the 4 hidden widths of ScoreNet and of the discriminators.
         vae_hidden: the 6 hidden widths of the encoder (mirrored by the decoder).
         latent_dim: VAE latent size.
-        dropout: dropout of ScoreNet and the VAE.
+        dropout: dropout of ScoreNet (paper: 0.4 in ScoreNet and VAE).
+        vae_dropout: dropout of the VAE's encoder and decoder. The paper puts 0.4 after each
+            of their 12 hidden layers; at the training lengths measured here (up to 600
+            steps) that leaves the posterior collapsed (KL ~0.1, one reconstruction for
+            every sample), so the discriminators have nothing to rate; set 0.4 for the
+            paper's value.
         use_udis, use_rdis: the two adversarial branches (paper Sec. 4.6 ablations).
         use_length_loss, use_dpp_loss: the two sparsity terms.
         normalize: scale features to unit L2 norm before DAAL sees them (keeps the DPP
             kernel's determinants well scaled).
         rater_adversarial: also train {ScoreNet, encoder} to fool the discriminators (the
             generator GAN term added to update 1). Alg. 1 line 14 omits it; the paper's text
-            says "the informativeness rater is trained to trick the discriminators".
+            and conclusion train the rater "through the adversarial learning between the
+            informativeness rater and discriminators". Default on (see ``weighted_gan``).
+        weighted_gan: weigh each sample's fake term in Eq. 4 by its branch weight, ``1 - s``
+            for uDis and ``s`` for rDis, in all three updates. This is how the scores reach
+            the adversarial games: with the weights only scaling the encoder's input, the
+            encoder can undo the scale and the scores get no consistent direction (measured
+            in BENCHMARKS.md). Weighted, a sample whose uncertainty reconstruction uDis still
+            tells from the labeled set gains score, and one whose summary rDis tells from the
+            unlabeled originals loses it: Sec. 3.1's "multi-player competition". Both off
+            (``rater_adversarial=False, weighted_gan=False``) is Alg. 1 as printed.
         gan_form: generator loss, ``non_saturating`` (default) or Eq. 4's ``saturating`` form.
         dpp_jitter: added to the DPP subset kernel's diagonal.
+        dpp_per_item: divide the DPP loss by the subset size ``sigma * n``. Eq. 7's log-ratio
+            is a sum over the subset (~120 per batch of 128 at sigma 0.2, against ~1 for the
+            other terms, which are batch means), so unscaled it decides the scores alone by
+            sharpening whatever ranking the networks start with (BENCHMARKS.md).
         w_recon, w_prior, w_gan, w_length, w_dpp: loss weights (paper: all 1).
+        w_feature_recon: weight of a Gaussian log-likelihood of ``x_u`` under each branch's
+            reconstruction (per-dimension variance 1/d), added to Eq. 3's feature matching
+            (paper: none; 0 turns it off). Feature matching alone gives the encoder no stable target while
+            the discriminators move: the posterior collapses to the prior, every sample
+            gets the same reconstruction and the discriminators see no difference between
+            samples to rate (measured in BENCHMARKS.md).
     """
 
     epochs: int = 30
@@ -73,19 +97,23 @@ class DAALParams(_Config):
     vae_hidden: tuple[int, ...] = (256, 256, 128, 128, 64, 64)
     latent_dim: int = 32
     dropout: float = 0.4
+    vae_dropout: float = 0.0
     use_udis: bool = True
     use_rdis: bool = True
     use_length_loss: bool = True
     use_dpp_loss: bool = True
     normalize: bool = True
-    rater_adversarial: bool = False
+    rater_adversarial: bool = True
+    weighted_gan: bool = True
     gan_form: Literal["non_saturating", "saturating"] = "non_saturating"
     dpp_jitter: float = 1e-4
+    dpp_per_item: bool = True
     w_recon: float = 1.0
     w_prior: float = 1.0
     w_gan: float = 1.0
     w_length: float = 1.0
     w_dpp: float = 1.0
+    w_feature_recon: float = 1.0
 
     def validate(self) -> None:
         _check(self.epochs >= 1, f"daal epochs must be >= 1, got {self.epochs}")
@@ -93,6 +121,7 @@ class DAALParams(_Config):
         _check(self.lr > 0, "daal lr must be > 0")
         _check(0.0 < self.sigma < 1.0, f"daal sigma must be in (0, 1), got {self.sigma}")
         _check(0.0 <= self.dropout < 1.0, f"daal dropout must be in [0, 1), got {self.dropout}")
+        _check(0.0 <= self.vae_dropout < 1.0, f"daal vae_dropout must be in [0, 1), got {self.vae_dropout}")
         _check(self.use_udis or self.use_rdis, "daal needs at least one discriminator (use_udis or use_rdis)")
         _check(len(self.score_hidden) == 4, "daal score_hidden takes 4 widths (ScoreNet is a 5-layer MLP)")
         _check(len(self.disc_hidden) == 4, "daal disc_hidden takes 4 widths (the discriminators are 5-layer MLPs)")
@@ -106,7 +135,7 @@ class DAALNets(nn.Module):
     def __init__(self, feature_dim: int, p: DAALParams) -> None:
         super().__init__()
         self.score = ScoreNet(feature_dim, p.score_hidden, p.dropout)
-        self.vae = FeatureVAE(feature_dim, p.vae_hidden, p.latent_dim, p.dropout)
+        self.vae = FeatureVAE(feature_dim, p.vae_hidden, p.latent_dim, p.vae_dropout)
         self.udis = Discriminator(feature_dim, p.disc_hidden)
         self.rdis = Discriminator(feature_dim, p.disc_hidden)
 
@@ -144,6 +173,14 @@ def _rater_forward(nets: DAALNets, x_u: torch.Tensor):
     return s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde
 
 
+def _branch_weights(p: DAALParams, s: torch.Tensor, detach: bool) -> Optional[list[torch.Tensor]]:
+    """Per-sample weights of each enabled discriminator's fakes (``weighted_gan``), or None."""
+    if not p.weighted_gan:
+        return None
+    s = s.detach() if detach else s
+    return ([1.0 - s] if p.use_udis else []) + ([s] if p.use_rdis else [])
+
+
 def _adversarial_terms(nets: DAALNets, p: DAALParams, x_l, x_u, x_hat, x_tilde):
     """Discriminator outputs on (real, fake) per enabled branch, and hidden activations."""
     real_logits, fake_logits, real_hidden, fake_hidden = [], [], [], []
@@ -157,6 +194,19 @@ def _adversarial_terms(nets: DAALNets, p: DAALParams, x_l, x_u, x_hat, x_tilde):
         lf, hf = nets.rdis(x_tilde)
         real_logits.append(lr_), fake_logits.append(lf), real_hidden.append(hr), fake_hidden.append(hf)
     return real_logits, fake_logits, real_hidden, fake_hidden
+
+
+def _recon(p: DAALParams, real_hidden, fake_hidden, x_u, x_hat, x_tilde) -> torch.Tensor:
+    """Eq. 3's feature matching plus, if ``w_feature_recon``, the plain squared error of the
+    enabled branches' reconstructions."""
+    loss = L.recon_loss(real_hidden, fake_hidden)
+    if p.w_feature_recon:
+        fakes = ([x_hat] if p.use_udis else []) + ([x_tilde] if p.use_rdis else [])
+        # A Gaussian likelihood with per-dimension variance 1/d: the mean square of a
+        # unit-norm feature's coordinates, so the term's scale does not shrink with d.
+        d = x_u.shape[1]
+        loss = loss + p.w_feature_recon * sum(0.5 * d * (x_u - f).pow(2).sum(dim=1).mean() for f in fakes)
+    return loss
 
 
 def _allreduce_grads(params: list[nn.Parameter]) -> None:
@@ -189,26 +239,35 @@ def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALPar
     # 1. {ScoreNet, encoder} <- L_recon + L_prior + L_sparsity
     s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde = _rater_forward(nets, x_u)
     _, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
-    recon = L.recon_loss(rh, fh)
+    recon = _recon(p, rh, fh, x_u, x_hat, x_tilde)
     prior = L.prior_loss(mu_h, lv_h) + L.prior_loss(mu_t, lv_t)
     length = L.length_loss(s, p.sigma) if p.use_length_loss else s.new_zeros(())
     dpp = L.dpp_loss(s, x_u, p.sigma, p.dpp_jitter) if p.use_dpp_loss else s.new_zeros(())
+    if p.dpp_per_item:
+        dpp = dpp / L.subset_size(s.shape[0], p.sigma)
     rater = p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp
     if p.rater_adversarial:
-        rater = rater + p.w_gan * L.generator_gan_loss(fake_logits, saturating=saturating)
+        if p.weighted_gan:
+            # The rater plays through its weights: the discriminators judge the reconstructions
+            # as they stand, and the scores move weight onto the samples whose reconstruction
+            # fools each one. Letting this term into the encoder too would let it fool uDis by
+            # mapping every sample onto the labeled set, which erases the signal.
+            _, fake_logits, _, _ = _adversarial_terms(nets, p, x_l, x_u, x_hat.detach(), x_tilde.detach())
+        rater = rater + p.w_gan * L.generator_gan_loss(fake_logits, saturating=saturating,
+                                                       fake_weights=_branch_weights(p, s, detach=False))
     _update(rater, groups["rater"], opts["rater"])
 
     # 2. {decoder} <- L_recon + L_GAN (the decoder tries to fool both discriminators)
     s, _, x_hat, x_tilde = _rater_forward(nets, x_u)
     _, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
-    gen = L.generator_gan_loss(fake_logits, saturating=saturating)
-    _update(p.w_recon * L.recon_loss(rh, fh) + p.w_gan * gen, groups["decoder"], opts["decoder"])
+    gen = L.generator_gan_loss(fake_logits, saturating=saturating, fake_weights=_branch_weights(p, s, detach=True))
+    _update(p.w_recon * _recon(p, rh, fh, x_u, x_hat, x_tilde) + p.w_gan * gen, groups["decoder"], opts["decoder"])
 
     # 3. {uDis, rDis} <- maximise L_GAN on real vs the (fixed) reconstructions
     with torch.no_grad():
-        _, _, x_hat, x_tilde = _rater_forward(nets, x_u)
+        s, _, x_hat, x_tilde = _rater_forward(nets, x_u)
     real_logits, fake_logits, _, _ = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
-    gan = L.gan_loss(real_logits, fake_logits)
+    gan = L.gan_loss(real_logits, fake_logits, fake_weights=_branch_weights(p, s, detach=True))
     _update(-p.w_gan * gan, groups["discriminators"], opts["discriminators"])
 
     return StepLosses(*(float(t.detach()) for t in (recon, prior, length, dpp, gan, s.mean())))

@@ -6,7 +6,7 @@ Discriminator outputs are taken as logits and every log is computed through
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,29 +38,54 @@ def recon_loss(real_hidden: Sequence[torch.Tensor], fake_hidden: Sequence[torch.
     return sum(0.5 * (r - f).pow(2).sum(dim=1).mean() for r, f in zip(real_hidden, fake_hidden))
 
 
-def gan_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+def _mean(values: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Plain mean, or the mean weighted by ``weights`` (normalised to sum to one)."""
+    if weights is None:
+        return values.mean()
+    return (weights * values).sum() / weights.sum().clamp_min(1e-12)
+
+
+def gan_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor],
+             fake_weights: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
     """Eq. 4: ``sum_D E[log D(real)] + E[log(1 - D(fake))]`` over the discriminators.
 
     For uDis real = labeled features ``x_l`` and fake = ``x_hat_u``; for rDis real = the
     unlabeled features ``x_u`` and fake = ``x_tilde_u``. The discriminators *maximise* this
     value (0 for a perfect discriminator, ``2 log 1/2`` per discriminator at chance).
     Inputs are logits: ``log D = logsigmoid(z)`` and ``log(1 - D) = logsigmoid(-z)``.
+
+    Args:
+        fake_weights: optional per-sample weights of each discriminator's fakes (the
+            expectation over fakes becomes a weighted mean); None weighs them equally.
     """
     if len(real_logits) != len(fake_logits) or not real_logits:
         raise ValueError("gan_loss needs one (real, fake) pair per discriminator")
-    return sum(F.logsigmoid(r).mean() + F.logsigmoid(-f).mean() for r, f in zip(real_logits, fake_logits))
+    weights = list(fake_weights) if fake_weights is not None else [None] * len(fake_logits)
+    if len(weights) != len(fake_logits):
+        raise ValueError("gan_loss needs one weight vector (or None) per discriminator")
+    return sum(F.logsigmoid(r).mean() + _mean(F.logsigmoid(-f), w) for r, f, w in zip(real_logits, fake_logits, weights))
 
 
-def generator_gan_loss(fake_logits: Sequence[torch.Tensor], saturating: bool = False) -> torch.Tensor:
-    """What the decoder minimises against the discriminators.
+def generator_gan_loss(fake_logits: Sequence[torch.Tensor], saturating: bool = False,
+                       fake_weights: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+    """What the generator side minimises against the discriminators.
 
     ``saturating=True`` is Eq. 4's own min-max term, ``sum E[log(1 - D(fake))]``;
     the default is the usual non-saturating form ``-sum E[log D(fake)]``, which has the
     same fixed point and stronger gradients while the discriminators win.
+
+    Args:
+        fake_weights: optional per-sample weights, as in :func:`gan_loss`. When they are
+            the ScoreNet's branch weights and carry gradient, this term is what moves the
+            scores: a sample whose uncertainty reconstruction does not fool uDis gains score
+            (its weight ``1 - s`` shrinks), one whose summary does not fool rDis loses it.
     """
+    weights = list(fake_weights) if fake_weights is not None else [None] * len(fake_logits)
+    if len(weights) != len(fake_logits):
+        raise ValueError("generator_gan_loss needs one weight vector (or None) per discriminator")
     if saturating:
-        return sum(F.logsigmoid(-f).mean() for f in fake_logits)
-    return sum(-F.logsigmoid(f).mean() for f in fake_logits)
+        return sum(_mean(F.logsigmoid(-f), w) for f, w in zip(fake_logits, weights))
+    return sum(_mean(-F.logsigmoid(f), w) for f, w in zip(fake_logits, weights))
 
 
 def length_loss(scores: torch.Tensor, sigma: float) -> torch.Tensor:

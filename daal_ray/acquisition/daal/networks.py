@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 
-def _mlp(widths: Sequence[int], dropout: float) -> nn.Sequential:
-    """Linear layers between consecutive ``widths``; ReLU (+ dropout) after each but the last."""
+def _mlp(widths: Sequence[int], dropout: float, negative_slope: float = 0.0) -> nn.Sequential:
+    """Linear layers between consecutive ``widths``; ReLU (leaky if ``negative_slope``) and
+    dropout after each but the last."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.LeakyReLU(negative_slope, inplace=True) if negative_slope else nn.ReLU(inplace=True))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     for m in layers:
@@ -99,12 +100,20 @@ class Discriminator(nn.Module):
 
     ``forward`` returns the logit of "real" ``[n]`` and the last hidden layer ``[n, h]``,
     whose activations the reconstruction loss (Eq. 3) matches.
+
+    Args:
+        negative_slope: slope of the leaky ReLUs (0 gives plain ReLUs). The paper does not
+            name the activation; a discriminator's plain ReLUs go silent on the region its
+            fakes occupy, and the feature-matching loss then has no gradient to reconstruct
+            through (the VAE's posterior collapses: measured in BENCHMARKS.md), so the
+            default is the usual GAN discriminator's 0.2.
     """
 
-    def __init__(self, feature_dim: int, hidden: Sequence[int] = (256, 128, 64, 32)) -> None:
+    def __init__(self, feature_dim: int, hidden: Sequence[int] = (256, 128, 64, 32),
+                 negative_slope: float = 0.2) -> None:
         super().__init__()
         _check_widths(hidden, 4, "Discriminator")
-        body = _mlp([feature_dim, *hidden, 1], dropout=0.0)
+        body = _mlp([feature_dim, *hidden, 1], dropout=0.0, negative_slope=negative_slope)
         self.body = body[:-1]  # the four hidden layers with their ReLUs
         self.out = body[-1]
 
