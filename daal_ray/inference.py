@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,7 @@ import ray.data
 import torch
 
 from daal_ray.acquisition.base import Strategy
-from daal_ray.config import DataConfig, ScaleConfig
+from daal_ray.config import AcquisitionConfig, DataConfig, ScaleConfig
 from daal_ray.selection import StreamingTopK, topk_arrays
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,20 @@ class PoolPredictor:
         checkpoint: path of the cycle's ``model.pt`` (a state_dict, loaded weights-only).
         threads: torch intra-op threads for this actor.
         use_gpu: run on the actor's GPU.
+        acquisition: the AcquisitionConfig as a dict; when its strategy trains a joint head
+            (:meth:`Strategy.task_head`), the head is loaded from the checkpoint's directory
+            and its output is added as the column ``head.output_column``.
+        mc_passes: MC dropout: when > 0, ``probs`` is the mean softmax of this many passes
+            through the classifier head (:meth:`TaskModel.classify`) with dropout
+            ``mc_dropout`` on the penultimate features; the backbone runs once.
+        mc_dropout: the dropout probability of those passes.
+        mc_seed: seeds the dropout masks (with each batch's ids), so a rerun repeats them.
     """
 
     def __init__(self, data: Mapping[str, Any], model_name: str, num_classes: int, in_channels: int,
-                 checkpoint: str, threads: int = 1, use_gpu: bool = False) -> None:
+                 checkpoint: str, threads: int = 1, use_gpu: bool = False,
+                 acquisition: Optional[Mapping[str, Any]] = None, mc_passes: int = 0, mc_dropout: float = 0.0,
+                 mc_seed: int = 0) -> None:
         from daal_ray.data import get_dataset
         from daal_ray.models import build_model
         from daal_ray.training import load_state_dict
@@ -61,19 +71,61 @@ class PoolPredictor:
         self.model = build_model(model_name, num_classes=num_classes, in_channels=in_channels)
         self.model.load_state_dict(load_state_dict(checkpoint))
         self.model.to(self.device).eval()
+        self.mc_passes, self.mc_dropout, self.mc_seed = int(mc_passes), float(mc_dropout), int(mc_seed)
+        self.head = None
+        if acquisition is not None:
+            from pathlib import Path
+
+            from daal_ray.acquisition import build_strategy
+
+            strategy = build_strategy(AcquisitionConfig.from_dict(acquisition), seed=0, cycle=0)
+            self.head = strategy.task_head(self.model)
+            if self.head is not None:
+                self.head.load_state_dict(load_state_dict(Path(checkpoint).parent / self.head.checkpoint_file))
+                self.head.to(self.device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["sample_id"]
         with torch.inference_mode():
             x = self.dataset.images("train", ids).to(self.device, non_blocking=True)
-            feats, logits = self.model.forward_features(x)
+            if self.head is None:
+                feats, logits = self.model.forward_features(x)
+            else:
+                taps, feats, logits = self.model.forward_taps(x)
+                head_out = self.head(taps).float().cpu().numpy()
             probs = torch.softmax(logits.float(), dim=1)
-        return {
+            if self.mc_passes > 0:
+                probs = self._mc_probs(feats, ids)
+        out = {
             "sample_id": ids,
             "labeled": batch["labeled"],
             "features": feats.float().cpu().numpy(),
             "probs": probs.cpu().numpy(),
         }
+        if self.head is not None:
+            out[self.head.output_column] = head_out
+        return out
+
+
+    def _mc_probs(self, feats: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+        """Mean softmax over ``mc_passes`` passes of the head with dropout on ``feats``."""
+        from daal_ray.training import derive_seed
+
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(derive_seed(self.mc_seed, int(ids[0]) if len(ids) else 0, len(ids)))
+        keep = 1.0 - self.mc_dropout
+        total: Optional[torch.Tensor] = None
+        for _ in range(self.mc_passes):
+            if self.mc_dropout > 0:
+                mask = torch.rand(feats.shape, generator=gen, device=self.device) < keep
+                f = feats * mask / keep
+            else:
+                f = feats
+            # Summed in float64: with dropout off the mean of identical passes is exactly
+            # the one-pass softmax, so MC dropout with p = 0 equals entropy bit for bit.
+            p = torch.softmax(self.model.classify(f).float(), dim=1).double()
+            total = p if total is None else total + p
+        return (total / self.mc_passes).float()
 
 
 _TASK_PREDICTORS: dict[str, PoolPredictor] = {}
@@ -96,17 +148,22 @@ def _predict_in_task(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, n
 
 
 def extract_features(pool: ray.data.Dataset, *, data: DataConfig, model_name: str, num_classes: int,
-                     in_channels: int, checkpoint: str, scale: ScaleConfig) -> ray.data.Dataset:
+                     in_channels: int, checkpoint: str, scale: ScaleConfig,
+                     acquisition: Optional[AcquisitionConfig] = None,
+                     predictor_options: Optional[Mapping[str, Any]] = None) -> ray.data.Dataset:
     """Map the pool to ``{sample_id, labeled, features, probs}`` (lazily; nothing runs yet).
 
     ``scale.inference_compute`` picks the execution: ``actors`` (default) runs
     :class:`PoolPredictor` in an actor pool of ``scale.inference_actors``; ``tasks`` runs
     the same predictor in Ray tasks, cached per worker process, which saves the actor
-    start-up on small pools.
+    start-up on small pools. With ``acquisition``, a strategy's joint head adds its column.
+    ``predictor_options`` (:meth:`Strategy.predictor_options`) go to the predictor as they are.
     """
     use_gpu = scale.use_gpu and scale.gpus_per_inference_actor > 0
     kwargs = dict(data=data.to_dict(), model_name=model_name, num_classes=num_classes, in_channels=in_channels,
-                  checkpoint=checkpoint, threads=max(1, int(scale.cpus_per_inference_actor)), use_gpu=use_gpu)
+                  checkpoint=checkpoint, threads=max(1, int(scale.cpus_per_inference_actor)), use_gpu=use_gpu,
+                  acquisition=acquisition.to_dict() if acquisition is not None else None,
+                  **dict(predictor_options or {}))
     common = dict(batch_size=scale.inference_batch_size, num_cpus=scale.cpus_per_inference_actor,
                   num_gpus=scale.gpus_per_inference_actor if use_gpu else 0, batch_format="numpy")
     if scale.inference_compute == "tasks":
@@ -126,14 +183,26 @@ def _score_block(batch: dict[str, np.ndarray], strategy: Strategy, k: int) -> di
     return {"sample_id": ids, "score": top}
 
 
-def select_topk(scored_input: ray.data.Dataset, strategy: Strategy, k: int, scale: ScaleConfig,
+def select_topk(scored_input: Any, strategy: Strategy, k: int, scale: Optional[ScaleConfig] = None,
                 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Exact top ``k`` unlabeled ids of ``scored_input`` under ``strategy``.
 
     Returns ``(ids, scores, merge_seconds)``, best first; ``merge_seconds`` is the time
     spent merging the per-batch top-Ks here (the selection proper). Scoring runs as Ray Data
-    tasks; each batch is reduced to its own top-K before it leaves its worker.
+    tasks; each batch is reduced to its own top-K before it leaves its worker. A mapping of
+    arrays, or a list of them (unit tests, benches), is scored batch by batch in this process.
     """
+    merger = StreamingTopK(k)
+    merge_s = 0.0
+    if isinstance(scored_input, (Mapping, list, tuple)):
+        for batch in [scored_input] if isinstance(scored_input, Mapping) else scored_input:
+            top = _score_block(dict(batch), strategy, k)
+            t0 = time.perf_counter()
+            merger.push(top["sample_id"], top["score"])
+            merge_s += time.perf_counter() - t0
+        ids, scores = merger.result()
+        return ids, scores, merge_s
+    scale = scale or ScaleConfig()
     reduced = scored_input.map_batches(
         _score_block,
         fn_kwargs={"strategy": strategy, "k": k},
@@ -141,8 +210,6 @@ def select_topk(scored_input: ray.data.Dataset, strategy: Strategy, k: int, scal
         batch_format="numpy",
         num_cpus=scale.cpus_per_inference_actor or 1,
     )
-    merger = StreamingTopK(k)
-    merge_s = 0.0
     for batch in reduced.iter_batches(batch_size=None, batch_format="numpy"):
         t0 = time.perf_counter()
         merger.push(batch["sample_id"], batch["score"])

@@ -4,13 +4,18 @@ The order is total and independent of how the pool is split into blocks: a highe
 wins, and among equal scores the smaller ``sample_id`` wins. Each Ray Data block can be
 reduced to its own top-K (:func:`topk_batch`) and the reduced blocks merged here; the
 result equals a full sort of the pool, which no process ever performs.
+
+Selection that is not a top-K lives here too: :func:`k_center_greedy` (core-set), chunked
+so that no N x N distance matrix is ever formed, and the helpers that stream a pool's
+features into preallocated arrays (:func:`gather_features`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
 from daal_ray.errors import DataError
 
@@ -82,3 +87,159 @@ def topk_batch(batch: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]
     """Ray Data ``map_batches`` body: reduce one block to its own top ``k``."""
     ids, scores = topk_arrays(batch["sample_id"], batch["score"], k)
     return {"sample_id": ids, "score": scores}
+
+
+# ====================================================================== feature streams
+def iter_feature_batches(features: Any, columns: Sequence[str],
+                         batch_size: int = 8192) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of ``columns`` from a pool's inference output, whatever holds it.
+
+    ``features`` is a Ray Dataset (streamed with ``iter_batches``), a mapping of arrays
+    (one batch) or a sequence of such mappings (unit tests and benches). No copy of the
+    whole pool is made here.
+    """
+    if isinstance(features, Mapping):
+        yield {c: np.asarray(features[c]) for c in columns}
+    elif isinstance(features, (list, tuple)):
+        for batch in features:
+            yield {c: np.asarray(batch[c]) for c in columns}
+    else:
+        for batch in features.select_columns(list(columns)).iter_batches(batch_size=batch_size, batch_format="numpy"):
+            yield {c: np.asarray(batch[c]) for c in columns}
+
+
+def gather_features(features: Any, num_labeled: int, num_unlabeled: int,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stream the pool once into preallocated arrays, sorted by ``sample_id``.
+
+    Returns ``(labeled_ids, labeled_features, unlabeled_ids, unlabeled_features)``;
+    memory is the features themselves (``N x d`` float32) plus O(batch).
+
+    Raises:
+        DataError: the stream's labeled/unlabeled counts differ from the expected ones, or
+            a feature is NaN or infinite.
+    """
+    out: dict[bool, tuple[np.ndarray, Optional[np.ndarray]]] = {}
+    fill = {True: 0, False: 0}
+    sizes = {True: num_labeled, False: num_unlabeled}
+    for batch in iter_feature_batches(features, ("sample_id", "labeled", "features")):
+        lab = np.asarray(batch["labeled"], dtype=bool)
+        x = np.asarray(batch["features"], dtype=np.float32)
+        x = x.reshape(x.shape[0], -1)
+        for flag in (True, False):
+            rows = lab == flag
+            n = int(rows.sum())
+            if n == 0:
+                continue
+            if flag not in out:
+                out[flag] = (np.empty(sizes[flag], np.int64), np.empty((sizes[flag], x.shape[1]), np.float32))
+            ids_buf, x_buf = out[flag]
+            if fill[flag] + n > sizes[flag]:
+                raise DataError(f"the pool holds more {'labeled' if flag else 'unlabeled'} rows than the "
+                                f"{sizes[flag]} expected; the features do not match the pool state")
+            xs = x[rows]
+            if not np.isfinite(xs).all():
+                bad = np.asarray(batch["sample_id"])[rows][~np.isfinite(xs).all(axis=1)]
+                raise DataError(f"features of sample ids {bad[:5].tolist()} are NaN or infinite; "
+                                f"check the task model of this cycle")
+            ids_buf[fill[flag]:fill[flag] + n] = np.asarray(batch["sample_id"])[rows]
+            x_buf[fill[flag]:fill[flag] + n] = xs
+            fill[flag] += n
+    if fill[True] != num_labeled or fill[False] != num_unlabeled:
+        raise DataError(f"the features hold {fill[True]} labeled and {fill[False]} unlabeled rows, expected "
+                        f"{num_labeled} and {num_unlabeled}; the features do not match the pool state")
+    result = []
+    for flag in (True, False):
+        ids, x = out.get(flag, (np.zeros(0, np.int64), np.zeros((0, 0), np.float32)))
+        order = np.argsort(ids, kind="stable")
+        if not np.array_equal(order, np.arange(order.size)):
+            ids, x = ids[order], x[order]  # a copy only when the stream came out of order
+        result += [ids, x]
+    return result[0], result[1], result[2], result[3]
+
+
+# ====================================================================== k-center greedy
+def _sq_norms(x: torch.Tensor, rows: int = 1 << 14) -> torch.Tensor:
+    """Squared L2 norm of each row, in row chunks: ``(x * x)`` whole would copy the features."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(0, x.shape[0], rows):
+        out[i:i + rows] = (x[i:i + rows] * x[i:i + rows]).sum(dim=1)
+    return out
+
+
+def min_sq_distances(points: torch.Tensor, centres: torch.Tensor, chunk_elems: int = 1 << 22,
+                     points_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Squared distance of every row of ``points`` to its nearest row of ``centres``.
+
+    Computed over tiles of at most ``chunk_elems`` point-centre pairs, so memory is
+    O(N + M + chunk) and no N x M matrix is ever formed. ``+inf`` where there are no centres.
+    ``points_sq`` are the points' squared norms when the caller has them already.
+    """
+    n, m = points.shape[0], centres.shape[0]
+    out = torch.full((n,), float("inf"), dtype=points.dtype, device=points.device)
+    if m == 0 or n == 0:
+        return out
+    p_sq = _sq_norms(points) if points_sq is None else points_sq
+    c_sq = _sq_norms(centres)
+    cols = max(1, min(m, chunk_elems // max(1, min(n, 4096))))
+    rows = max(1, chunk_elems // cols)
+    for i in range(0, n, rows):
+        best = out[i:i + rows]
+        for j in range(0, m, cols):
+            # In place: one tile-sized buffer rather than one per arithmetic step.
+            d = (points[i:i + rows] @ centres[j:j + cols].T).mul_(-2.0)
+            d.add_(p_sq[i:i + rows, None]).add_(c_sq[None, j:j + cols])
+            best = torch.minimum(best, d.min(dim=1).values)
+        out[i:i + rows] = best.clamp_min_(0.0)
+    return out
+
+
+def k_center_greedy(unlabeled: np.ndarray | torch.Tensor, centres: np.ndarray | torch.Tensor, k: int,
+                    device: Any = None, dtype: torch.dtype = torch.float32,
+                    chunk_elems: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-center (Sener & Savarese 2018): positions of ``k`` rows of ``unlabeled``.
+
+    The ``centres`` (the labeled features) initialise the centres; each step picks the
+    unlabeled row farthest (Euclidean) from its nearest centre and makes it a centre.
+    Among equal distances the smaller position wins (callers sort rows by ``sample_id``,
+    so the smaller id). Memory is O(N + K) besides the features: one distance vector, and
+    the first step's distances are computed in tiles (:func:`min_sq_distances`); each
+    later step is one matrix-vector product.
+
+    Args:
+        unlabeled: ``[N, d]`` features of the candidates, rows in ``sample_id`` order.
+        centres: ``[M, d]`` features of the labeled samples (``M`` may be 0: every
+            distance is then infinite and the first pick is row 0, the smallest id).
+        k: how many to pick, at most ``N``.
+        device: torch device to compute on (the experiment's; a GPU when there is one).
+        dtype: computation dtype (float32; float64 for exact comparisons in tests).
+        chunk_elems: tile size of the first step, in point-centre pairs.
+
+    Returns:
+        ``(positions [k] int64, distances [k] float64)``: the picks in order, with each
+        pick's distance to its nearest centre at the time it was picked.
+    """
+    x = torch.as_tensor(unlabeled).to(device=device, dtype=dtype)
+    c = torch.as_tensor(centres).to(device=device, dtype=dtype)
+    n = x.shape[0]
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, {n}] (the unlabeled rows), got {k}")
+    if c.numel() and c.shape[1] != x.shape[1]:
+        raise DataError(f"labeled features have {c.shape[1]} dimensions, unlabeled {x.shape[1]}")
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    x_sq = _sq_norms(x)
+    mind = min_sq_distances(x, c.reshape(-1, x.shape[1]), chunk_elems, points_sq=x_sq)
+    picks = torch.empty(k, dtype=torch.int64, device=x.device)
+    dists = torch.empty(k, dtype=dtype, device=x.device)
+    taken = torch.tensor(-1.0, dtype=dtype, device=x.device)
+    for t in range(k):
+        # torch.argmax returns the first maximal index: ties go to the smaller position.
+        i = torch.argmax(mind)
+        picks[t] = i
+        dists[t] = mind[i]
+        d = (x_sq - 2.0 * (x @ x[i]) + x_sq[i]).clamp_min_(0.0)
+        torch.minimum(mind, d, out=mind)
+        mind[i] = taken  # below every distance: never picked twice, even among duplicates
+    # One device->host copy at the end: a .item() per step would sync the GPU K times.
+    return picks.cpu().numpy(), dists.double().sqrt().cpu().numpy()

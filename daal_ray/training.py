@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from daal_ray.config import TrainConfig
 from daal_ray.data.base import PoolDataset
 from daal_ray.errors import ConfigError, DataError
-from daal_ray.models import TaskModel, build_model
+from daal_ray.models import JointHead, TaskModel, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -103,21 +103,65 @@ def _collate(items):
 
 @dataclass
 class FitStats:
+    """What a task-model fit did; ``head`` is the trained joint head, if one was trained."""
+
     epochs: int
     steps: int
     first_loss: float
     last_loss: float
     seconds: float
+    head: Optional[JointHead] = None
+
+
+HeadFactory = Callable[[TaskModel], Optional[JointHead]]
+
+
+class JointNet(nn.Module):
+    """The task model and a :class:`JointHead` as one module, so DDP syncs both.
+
+    ``forward(x, detach)`` returns ``(logits, head_output)``; with ``detach`` the head's
+    gradient stops at the taps and the backbone learns from the task loss alone.
+    """
+
+    def __init__(self, model: TaskModel, head: JointHead) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor, detach: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        taps, _, logits = self.model.forward_taps(x)
+        if detach:
+            taps = [t.detach() for t in taps]
+        return logits, self.head(taps)
+
+
+def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sample ``[n]``; dense targets average their non-ignored (255) pixels."""
+    loss = F.cross_entropy(logits, y, ignore_index=255, reduction="none")
+    if loss.dim() == 1:
+        return loss
+    valid = (y != 255).reshape(y.shape[0], -1).float()
+    return (loss.reshape(loss.shape[0], -1) * valid).sum(1) / valid.sum(1).clamp(min=1.0)
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    device: torch.device) -> tuple[float, int]:
-    """One pass over ``loader``; returns (mean loss, steps)."""
+                    device: torch.device, *, head: Optional[JointHead] = None, epoch: int = 0,
+                    epochs: int = 1) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss, steps).
+
+    With ``head``, ``model`` is a (possibly DDP-wrapped) :class:`JointNet` holding it, and
+    the loss is the mean task loss plus ``head.loss``.
+    """
     model.train()
     total, steps = 0.0, 0
+    detach = head is not None and head.detach_taps(epoch, epochs)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y, ignore_index=255)
+        if head is None:
+            loss = F.cross_entropy(model(x), y, ignore_index=255)
+        else:
+            logits, out = model(x, detach)
+            sample_loss = per_sample_loss(logits, y)
+            loss = sample_loss.mean() + head.loss(out, sample_loss, epoch, epochs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,21 +171,28 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 def fit_task_model(dataset: PoolDataset, ids: np.ndarray, targets: np.ndarray, cfg: TrainConfig, *,
-                   seed: int, device: torch.device) -> tuple[TaskModel, FitStats]:
+                   seed: int, device: torch.device,
+                   head_factory: Optional[HeadFactory] = None) -> tuple[TaskModel, FitStats]:
     """Train a fresh task model on ``ids`` (with their ``targets``) and return it.
 
     Under a process group each rank trains on its shard of every epoch (DistributedSampler)
     and DDP averages the gradients; the batch size per rank is ``cfg.batch_size`` divided
     by the world size. The returned model is the unwrapped module.
+
+    Args:
+        head_factory: builds a :class:`JointHead` for the fresh model (or returns None),
+            e.g. :meth:`Strategy.task_head`; the head is trained jointly with the model by
+            the same optimiser and returned in ``FitStats.head``.
     """
     rank, size = world()
     if len(ids) == 0:
         raise DataError("no labeled samples to train on")
     seed_everything(seed)  # identical initial weights on every rank
     model = build_model(cfg.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels).to(device)
-    net: nn.Module = model
+    head = head_factory(model) if head_factory is not None else None
+    net: nn.Module = model if head is None else JointNet(model, head.to(device))
     if size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     train_set = dataset.torch_dataset("train", ids, targets)
     sampler = DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True, seed=seed % 2**31, drop_last=False)
     per_rank = max(1, cfg.batch_size // size)
@@ -154,12 +205,14 @@ def fit_task_model(dataset: PoolDataset, ids: np.ndarray, targets: np.ndarray, c
     steps = 0
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
-        loss, n = train_one_epoch(net, loader, optimizer, device)
+        loss, n = train_one_epoch(net, loader, optimizer, device, head=head, epoch=epoch, epochs=cfg.epochs)
         scheduler.step()
         steps += n
         first = loss if epoch == 0 else first
         last = loss
-    return model, FitStats(cfg.epochs, steps, first, last, time.perf_counter() - t0)
+    if head is not None:
+        head.eval()
+    return model, FitStats(cfg.epochs, steps, first, last, time.perf_counter() - t0, head)
 
 
 @torch.inference_mode()
@@ -203,12 +256,24 @@ METRICS = {"accuracy": accuracy, "miou": mean_iou}
 
 
 # ------------------------------------------------------------------ checkpoints
-def save_checkpoint(model: nn.Module, directory: Path, meta: dict) -> Path:
-    """Write ``model.pt`` (a state_dict of tensors only) and ``meta.json`` atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _state_bytes(module: nn.Module) -> bytes:
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    for name, data in (("model.pt", buf.getvalue()), ("meta.json", json.dumps(meta, sort_keys=True).encode())):
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(model: nn.Module, directory: Path, meta: dict, head: Optional[JointHead] = None) -> Path:
+    """Write ``model.pt`` (a state_dict of tensors only) and ``meta.json`` atomically.
+
+    A joint ``head`` goes to its ``checkpoint_file`` in the same directory, written before
+    ``meta.json`` so a checkpoint that looks complete holds it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files = [("model.pt", _state_bytes(model))]
+    if head is not None:
+        files.append((head.checkpoint_file, _state_bytes(head)))
+    files.append(("meta.json", json.dumps(meta, sort_keys=True).encode()))
+    for name, data in files:
         tmp = directory / f".{name}.tmp-{os.getpid()}"
         with open(tmp, "wb") as fh:
             fh.write(data)

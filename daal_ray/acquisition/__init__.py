@@ -11,6 +11,8 @@ from daal_ray.acquisition.base import (
     strategy_names,
 )
 from daal_ray.acquisition import daal, entropy, random  # noqa: F401  (registration)
+from daal_ray.acquisition import learning_loss, vaal  # noqa: F401  (registration)
+from daal_ray.acquisition import coreset, mc_dropout, rss, suggestive  # noqa: F401  (registration)
 
 __all__ = [
     "FitContext",

@@ -2,8 +2,9 @@
 
 A strategy turns one batch of the pool's inference output into one score per sample;
 higher scores are picked first, through the same exact streaming top-K for every
-strategy. Strategies that learn something from the pool (DAAL's networks) do it in
-``fit``; the cycle loop never special-cases a strategy.
+strategy that does not override ``select`` (core-set and Suggestive Annotation do).
+Strategies that learn something from the pool (DAAL's networks) do it in ``fit``; the
+cycle loop calls ``fit`` and ``select`` and never special-cases a strategy.
 
 The inference output a strategy may read is a dict of NumPy arrays: ``sample_id``
 ``[n]`` (int64), ``features`` ``[n, d]`` (the task model's penultimate layer) and
@@ -43,6 +44,9 @@ class FitContext:
             read images open its dataset with :func:`daal_ray.driver.open_dataset`).
         labeled_ids: the labeled sample ids, sorted (int64).
         extra: room for strategy-specific inputs.
+        pool_ids: every sample id of the pool, sorted (int64); with ``labeled_ids`` it
+            gives the unlabeled ids without reading the features.
+        labeled_labels: the labels of ``labeled_ids``, aligned (classification only).
     """
 
     features: Any
@@ -53,6 +57,15 @@ class FitContext:
     config: Any = None
     labeled_ids: Optional[np.ndarray] = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pool_ids: Optional[np.ndarray] = None
+    labeled_labels: Optional[np.ndarray] = None
+
+    @property
+    def num_unlabeled(self) -> int:
+        """Unlabeled samples in the pool (needs ``pool_ids``)."""
+        if self.pool_ids is None:
+            raise ValueError("FitContext.pool_ids is needed to count the unlabeled samples")
+        return int(len(self.pool_ids)) - int(self.num_labeled)
 
 
 class Strategy:
@@ -75,12 +88,45 @@ class Strategy:
         self.seed = seed
         self.cycle = cycle
 
+    def task_head(self, model: Any) -> Optional[Any]:
+        """A :class:`~daal_ray.models.JointHead` to train jointly with the task ``model``.
+
+        Called with every freshly built task model: by the task-model training (the head
+        is trained with the model, by DDP, and saved in the cycle checkpoint) and by the
+        pool predictor (which loads the saved head and emits its ``output_column``).
+        Default: no head.
+        """
+        return None
+
     def fit(self, ctx: FitContext) -> None:
         """Learn from the pool before scoring (default: nothing to learn)."""
 
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         """One float score per row of ``batch``; higher = more worth labeling."""
         raise NotImplementedError
+
+    def predictor_options(self) -> dict[str, Any]:
+        """Keyword options for the pool predictor (:class:`daal_ray.inference.PoolPredictor`).
+
+        Default: none. MC dropout asks for several stochastic passes through the head.
+        """
+        return {}
+
+    def select(self, ctx: FitContext, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Choose ``k`` unlabeled ids from ``ctx.features``.
+
+        The default is the exact streaming top-K of :meth:`score`
+        (:func:`daal_ray.inference.select_topk`). Strategies whose selection is not a top-K
+        (core-set's k-center greedy, Suggestive Annotation's max-cover) override this, so
+        the cycle loop calls one method for every strategy.
+
+        Returns:
+            ``(ids, scores, selection_seconds)``: the chosen ids in pick order, a score per
+            id, and the seconds spent on the selection proper (merging or greedy steps).
+        """
+        from daal_ray.inference import select_topk
+
+        return select_topk(ctx.features, self, k, ctx.config.scale if ctx.config is not None else None)
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategies")

@@ -1,6 +1,7 @@
 """Task models behind a registry; each exposes its penultimate features."""
 
 from daal_ray.models.base import (
+    JointHead,
     TaskModel,
     build_model,
     check_model_name,
@@ -10,4 +11,4 @@ from daal_ray.models.base import (
 )
 from daal_ray.models import small, wrn  # noqa: F401  (registration)
 
-__all__ = ["TaskModel", "build_model", "check_model_name", "model_descriptions", "model_names", "register_model"]
+__all__ = ["JointHead", "TaskModel", "build_model", "check_model_name", "model_descriptions", "model_names", "register_model"]

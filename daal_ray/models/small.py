@@ -15,6 +15,7 @@ class SmallCNN(TaskModel):
     def __init__(self, num_classes: int, in_channels: int, width: int = 32, feature_dim: int = 128) -> None:
         super().__init__()
         self.feature_dim = feature_dim
+        self.tap_channels = (width, 2 * width)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
@@ -26,3 +27,13 @@ class SmallCNN(TaskModel):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.hidden(self.body(x))
         return f, self.head(f)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Taps: the output of each conv block (after its ReLU)."""
+        t1 = self.body[:3](x)
+        t2 = self.body[3:6](t1)
+        f = self.hidden(self.body[6](t2))
+        return [t1, t2], f, self.head(f)

@@ -41,6 +41,8 @@ class WideResNet(TaskModel):
         self.conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         layers = []
         c_in = widths[0]
+        self.group_ends = tuple(n * g for g in range(1, 4))  # block counts at each group's end
+        self.tap_channels = tuple(widths[1:])
         for g, stride in zip(range(1, 4), (1, 2, 2)):
             for b in range(n):
                 layers.append(_Block(c_in, widths[g], stride if b == 0 else 1))
@@ -62,6 +64,20 @@ class WideResNet(TaskModel):
         h = F.relu(self.bn(self.blocks(self.conv(x))))
         f = F.adaptive_avg_pool2d(h, 1).flatten(1)
         return f, self.fc(f)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Taps: the output of each of the three groups (the last one before the final BN-ReLU)."""
+        h = self.conv(x)
+        taps, start = [], 0
+        for end in self.group_ends:
+            h = self.blocks[start:end](h)
+            taps.append(h)
+            start = end
+        f = F.adaptive_avg_pool2d(F.relu(self.bn(h)), 1).flatten(1)
+        return taps, f, self.fc(f)
 
 
 @register_model("wrn28_2")

@@ -1,0 +1,62 @@
+"""MC dropout (Gal, Islam & Ghahramani 2017): predictive entropy under dropout.
+
+The pool predictor runs the backbone once and the task model's classifier head
+(:meth:`~daal_ray.models.TaskModel.classify`) ``passes`` times over the penultimate
+features with dropout ``dropout``, and emits the mean softmax as ``probs``; this strategy
+scores the entropy of that mean. It is the same inference loop as every other strategy,
+configured through :meth:`Strategy.predictor_options`, not a second predictor.
+
+Choices: dropout sits before the head only, so T passes cost T small matrix products,
+not T backbone passes; the task models train without that dropout (the usual recipe for
+post-hoc MC dropout baselines when the model has none), so ``dropout`` is an
+inference-time setting. With ``dropout = 0`` every pass is the deterministic head and the
+scores equal the ``entropy`` strategy's exactly. The masks are seeded per experiment,
+cycle and batch, so a rerun repeats them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from daal_ray.acquisition.base import Strategy, register_strategy
+from daal_ray.acquisition.entropy import predictive_entropy
+from daal_ray.config import _check, _Config
+
+
+@dataclass(frozen=True)
+class MCDropoutParams(_Config):
+    """MC dropout settings.
+
+    Attributes:
+        passes: stochastic passes T through the classifier head.
+        dropout: dropout probability p on the penultimate features in those passes.
+    """
+
+    passes: int = 20
+    dropout: float = 0.5
+
+    def validate(self) -> None:
+        _check(self.passes >= 1, f"MCDropoutParams.passes must be >= 1, got {self.passes}")
+        _check(0.0 <= self.dropout < 1.0, f"MCDropoutParams.dropout must be in [0, 1), got {self.dropout}")
+
+
+@register_strategy
+class MCDropoutStrategy(Strategy):
+    """Highest entropy of the mean softmax over T dropout passes through the classifier head."""
+
+    name = "mc_dropout"
+    description = "MC dropout: highest entropy of the mean softmax over T dropout passes of the classifier head"
+    Params = MCDropoutParams
+    needs = frozenset({"probs"})
+
+    def predictor_options(self) -> dict[str, Any]:
+        from daal_ray.training import derive_seed
+
+        return {"mc_passes": self.params.passes, "mc_dropout": self.params.dropout,
+                "mc_seed": derive_seed(self.seed, self.cycle, 0x3C)}
+
+    def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        return predictive_entropy(batch["probs"])
