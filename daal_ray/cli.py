@@ -1,6 +1,8 @@
 """The ``daal-ray`` command line.
 
     daal-ray run --dataset digits --strategy random,entropy --seeds 2 --run-dir runs/digits
+    daal-ray sweep --strategy random,entropy --seeds 3 --budget 45,90 --run-dir runs/sweep
+    daal-ray report runs/sweep     # figures, tables, paired differences, batch redundancy
     daal-ray strategies            # every registered strategy, one line each
     daal-ray datasets | models     # the registered datasets and task models
 """
@@ -159,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      "directory holds an interrupted run. Writes results.parquet and "
                                      "learning_curve.png into --run-dir.")
     add_run_arguments(run)
+    sweep = sub.add_parser("sweep", help="a Ray Tune sweep: one trial per dataset x strategy x seed x budget, "
+                                         "resumable, then its report",
+                           description="Run one Tune trial per experiment of the grid (--dataset may list several), "
+                                       "--concurrency at once; re-run after a kill to skip finished experiments "
+                                       "and resume the others. Then writes the report into RUN_DIR/report.")
+    add_run_arguments(sweep, run_dir="runs/sweep")
+    sweep.add_argument("--name", default="sweep", help="Tune experiment name (stable, so a re-run resumes)")
+    report = sub.add_parser("report", help="figures and tables of a run or sweep directory",
+                            description="Learning curves (mean +- std over seeds), budget panels, ablation bars, "
+                                        "batch redundancy, the metric table with AULC and paired differences "
+                                        "against the reference strategy.")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the --run-dir of a run or sweep")
+    report.add_argument("--out", default=None, help="where figures and report.txt go (default: RUN_DIR/report)")
+    report.add_argument("--reference", default="random", help="strategy the others are paired against")
     sub.add_parser("strategies", help="list the registered acquisition strategies")
     sub.add_parser("datasets", help="list the registered datasets")
     sub.add_parser("models", help="list the registered task models")
@@ -177,6 +193,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.verb == "run":
             return run_from_args(args)
+        if args.verb == "sweep":
+            from daal_ray.tuning import sweep_from_args
+
+            return sweep_from_args(args)
+        if args.verb == "report":
+            from daal_ray.report import report_from_args
+
+            return report_from_args(args)
         return _list(args.verb)
     except DaalRayError as exc:
         print(f"daal-ray: error: {exc}", file=sys.stderr)

@@ -1,14 +1,27 @@
 """Many experiments at once through Ray Tune: one trial per (strategy, seed, budget, dataset).
 
 Each trial runs :func:`daal_ray.driver.run_experiment` with its own ALDriver and run
-directory, so a trial that is re-run resumes where it stopped. Trials run in parallel
-within the cluster's resources (``ScaleConfig.trial_concurrency`` caps them).
+directory ``run_root/<experiment name>``, so a trial that is re-run resumes from its last
+committed cycle. Trials run in parallel within the cluster's resources
+(``ScaleConfig.trial_concurrency`` caps them; 0 = as resources allow).
+
+A sweep (:func:`run_sweep`, ``daal-ray sweep``, ``jobs/sweep.py``) is resumable: re-run
+with the same arguments after a kill, it skips the experiments whose results are complete
+and runs the rest, each continuing where its pool state stands. Every trial reports each
+cycle to Tune as it is recorded (``ray.tune.report``), and the driver logs one line per
+report: experiment, cycle, labeled fraction and metric.
+
+Trials that share dataset and seed start from the same initial labeled pool whatever
+their strategy and budget (:func:`daal_ray.driver.initial_pool`), so strategies are
+compared on equal footing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -18,15 +31,52 @@ from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, Sca
 from daal_ray.data import get_dataset_class
 from daal_ray.driver import _unwrap, open_dataset, resolve_config
 from daal_ray.errors import ConfigError
-from daal_ray.results import RESULTS_FILE, combine
+from daal_ray.results import RESULTS_FILE, combine, read_results
 
 logger = logging.getLogger(__name__)
+# How often a trial looks for new cycle rows to report (seconds); a cycle takes longer.
+POLL_S = 1.0
 
 
-def experiment_name(cfg: ExperimentConfig) -> str:
-    """Stable, readable run name: dataset-strategy-seed[-budget]."""
-    name = f"{cfg.data.name}-{cfg.acquisition.strategy}-seed{cfg.seed}"
+def experiment_name(cfg: ExperimentConfig, variant: str = "") -> str:
+    """Stable, readable run name: dataset-strategy[-variant]-seed[-budget]."""
+    strategy = f"{cfg.acquisition.strategy}-{variant}" if variant else cfg.acquisition.strategy
+    name = f"{cfg.data.name}-{strategy}-seed{cfg.seed}"
     return f"{name}-budget{cfg.budget}" if cfg.budget else name
+
+
+def parse_strategy(spec: str) -> tuple[str, dict[str, Any], str]:
+    """``"daal[use_rdis=false;epochs=5]"`` -> ``("daal", {"use_rdis": False, "epochs": 5}, "use_rdis=false-epochs=5")``.
+
+    A strategy name, optionally with params in brackets (``;``-separated ``key=value``,
+    values read as JSON, else as text): how a sweep runs ablations, several variants of one
+    strategy side by side. The third item names the variant in experiment names.
+
+    Raises:
+        ConfigError: a malformed spec, named.
+    """
+    import json
+    import re
+
+    m = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*(?:\[(.*)\])?\s*", spec)
+    if not m:
+        raise ConfigError(f"strategy {spec!r} must be NAME or NAME[key=value;key=value], e.g. daal[use_rdis=false]")
+    name, body = m.group(1), m.group(2)
+    params: dict[str, Any] = {}
+    parts = []
+    for item in filter(None, (t.strip() for t in (body or "").split(";"))):
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"strategy {spec!r}: {item!r} is not key=value")
+        try:
+            params[key.strip()] = json.loads(text.strip())
+        except ValueError:
+            params[key.strip()] = text.strip()
+        parts.append(f"{key.strip()}={text.strip()}")
+    variant = "-".join(parts)
+    if "/" in variant:
+        raise ConfigError(f"strategy {spec!r}: values may not contain '/'")
+    return name, params, variant
 
 
 def plan_experiments(*, dataset: Optional[str] = None, strategies: Optional[Sequence[str]] = None,
@@ -39,7 +89,9 @@ def plan_experiments(*, dataset: Optional[str] = None, strategies: Optional[Sequ
     ``base`` is a (partial) ExperimentConfig dict, e.g. read from a ``--config`` file; it
     is validated strictly. The keyword groups override it: ``train`` fields override the
     dataset's default recipe, ``protocol`` sets ExperimentConfig fields such as
-    ``initial_fraction``; ``strategy_params`` maps a strategy name to its params.
+    ``initial_fraction``; ``strategy_params`` maps a strategy name to its params. A
+    strategy may carry params of its own, ``daal[use_rdis=false]`` (:func:`parse_strategy`),
+    which override both.
     """
     base = dict(base or {})
     ExperimentConfig.from_dict(base)  # unknown keys and wrong types stop here, named
@@ -55,15 +107,17 @@ def plan_experiments(*, dataset: Optional[str] = None, strategies: Optional[Sequ
     scale_cfg = ScaleConfig.from_dict({**base.pop("scale", {}), **(scale or {})})
     base.pop("name", None)
     configs = []
-    for strategy in strategies:
+    for spec in strategies:
+        strategy, spec_params, variant = parse_strategy(spec)
         params = dict(base_acq.get("params", {})) if strategy == base_acq.get("strategy") else {}
         params.update((strategy_params or {}).get(strategy, {}))
+        params.update(spec_params)
         acq = AcquisitionConfig(strategy=strategy, params=params)
         for seed in seeds:
             for budget in budgets:
                 cfg = ExperimentConfig.from_dict({**base, **(protocol or {}), "seed": seed, "budget": budget})
                 cfg = dataclasses.replace(cfg, data=data_cfg, train=train_cfg, acquisition=acq, scale=scale_cfg)
-                configs.append(cfg.replace(name=experiment_name(cfg)))
+                configs.append(cfg.replace(name=experiment_name(cfg, variant)))
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError("the grid repeats an experiment; give each strategy, seed and budget once")
@@ -82,17 +136,123 @@ def preflight(configs: Sequence[ExperimentConfig]) -> None:
         cfg.schedule(len(open_dataset(cfg.data).sample_ids("train")))
 
 
+def plan_sweep(datasets: Sequence[Optional[str]] = (None,), **kwargs: Any) -> list[ExperimentConfig]:
+    """The grid strategy x seed x budget on each of ``datasets``: :func:`plan_experiments`
+    per dataset (same keyword arguments), concatenated."""
+    configs = [c for d in datasets for c in plan_experiments(dataset=d, **kwargs)]
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ConfigError("the sweep repeats an experiment; give each dataset once")
+    return configs
+
+
+def experiment_complete(cfg: ExperimentConfig, run_root: str | Path) -> bool:
+    """True when ``run_root/cfg.name`` holds every cycle's results row: cycles 0..last,
+    the last one selecting nothing (the loop's final row)."""
+    table = read_results(Path(run_root) / cfg.name)
+    if not table.num_rows:
+        return False
+    cycles = table["cycle"].to_pylist()
+    final = [c for c, n in zip(cycles, table["num_selected"].to_pylist()) if n == 0]
+    return bool(final) and sorted(set(cycles)) == list(range(max(final) + 1))
+
+
+def _row_metrics(row: dict[str, Any], cfg: ExperimentConfig, done: bool) -> dict[str, Any]:
+    return {"experiment": cfg.name, "cycle": int(row["cycle"]), "labeled_fraction": float(row["labeled_fraction"]),
+            "num_labeled": int(row["num_labeled"]), "metric": row["metric"], "value": float(row["value"]),
+            "done": done}
+
+
 def _trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: one experiment, reported as its final metric."""
+    """Tune function trainable: one experiment, reported to Tune once per recorded cycle.
+
+    The experiment runs in a thread of the trial; this thread watches its results file and
+    reports each new cycle row, so Tune (and the driver's progress log) sees the cycle,
+    labeled fraction and metric while the experiment runs.
+    """
     import ray.tune
 
     from daal_ray.driver import run_experiment
 
     cfg = ExperimentConfig.from_dict(config["experiment"])
-    table = run_experiment(cfg, config["run_root"])
-    last = table.slice(table.num_rows - 1).to_pylist()[0] if table.num_rows else {}
-    ray.tune.report({"cycle": last.get("cycle", -1), "value": last.get("value", float("nan")),
-                     "labeled_fraction": last.get("labeled_fraction", 0.0)})
+    run_dir = Path(config["run_root"]) / cfg.name
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["table"] = run_experiment(cfg, config["run_root"])
+        except BaseException as exc:  # re-raised in the trial's thread below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"experiment-{cfg.name}", daemon=True)
+    worker.start()
+    reported = -1
+    while True:
+        alive = worker.is_alive()  # read before the file: a row written before the end is seen
+        rows = sorted((r for r in read_results(run_dir).to_pylist() if r["cycle"] > reported), key=lambda r: r["cycle"])
+        for r in rows:
+            ray.tune.report(_row_metrics(r, cfg, done=not alive and r is rows[-1] and "error" not in outcome))
+            reported = r["cycle"]
+        if not alive:
+            break
+        worker.join(POLL_S)
+    if "error" in outcome:
+        raise outcome["error"]
+    if reported < 0:  # the experiment wrote nothing new (already complete): one final report
+        table = outcome["table"]
+        if table.num_rows:
+            ray.tune.report(_row_metrics(table.slice(table.num_rows - 1).to_pylist()[0], cfg, done=True))
+
+
+def _progress_callback(total: int) -> Any:
+    """A Tune callback that logs one line per trial report, completion and failure."""
+    import ray.tune
+
+    class ProgressLogger(ray.tune.Callback):
+        def __init__(self) -> None:
+            self.finished = 0
+            self.total = total
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if "experiment" not in result:
+                return
+            logger.info("progress: %s cycle %d: %d labeled (%.1f%%), %s %.4f", result["experiment"], result["cycle"],
+                        result["num_labeled"], 100 * result["labeled_fraction"], result["metric"], result["value"])
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.finished += 1
+            logger.info("progress: %s finished (%d/%d trials)", _trial_name(trial), self.finished, self.total)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.finished += 1
+            logger.info("progress: %s FAILED (%d/%d trials); a re-run resumes it", _trial_name(trial),
+                        self.finished, self.total)
+
+    return ProgressLogger()
+
+
+def _trial_name(trial: Any) -> str:
+    try:
+        return trial.config["experiment"]["name"]
+    except (KeyError, TypeError, AttributeError):
+        return str(trial)
+
+
+def _tune(configs: Sequence[ExperimentConfig], run_root: Path, sweep_name: str,
+          concurrency: int) -> list[BaseException]:
+    """Run each config as one Tune trial; return the trials' errors (unwrapped)."""
+    import ray.tune
+
+    tuner = ray.tune.Tuner(
+        # A trial only waits on its TorchTrainer, which reserves the real resources itself.
+        ray.tune.with_resources(_trial, {"cpu": 0.01}),
+        param_space={"experiment": ray.tune.grid_search([c.to_dict() for c in configs]), "run_root": str(run_root)},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency or None),
+        run_config=ray.tune.RunConfig(name=sweep_name, storage_path=str(run_root / "tune"), verbose=0,
+                                      callbacks=[_progress_callback(len(configs))]),
+    )
+    grid = tuner.fit()
+    return [_unwrap(r.error) for r in grid if r.error is not None]
 
 
 def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",
@@ -105,8 +265,6 @@ def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *
     fails, the first error is raised (unwrapped to the message that names the fix) after the
     others finish. The combined table is also written to ``run_root/results.parquet``.
     """
-    import ray.tune
-
     from daal_ray.driver import run_experiment_group
 
     preflight(configs)
@@ -117,16 +275,73 @@ def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *
     if share_worker_group:
         run_experiment_group(list(configs), run_root)
         return combine([run_root / c.name / RESULTS_FILE for c in configs], run_root / RESULTS_FILE)
-    tuner = ray.tune.Tuner(
-        # A trial only waits on its TorchTrainer, which reserves the real resources itself.
-        ray.tune.with_resources(_trial, {"cpu": 0.01}),
-        param_space={"experiment": ray.tune.grid_search([c.to_dict() for c in configs]), "run_root": str(run_root)},
-        tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency or None),
-        run_config=ray.tune.RunConfig(name=sweep_name, storage_path=str(run_root / "tune"), verbose=0),
-    )
-    grid = tuner.fit()
+    errors = _tune(configs, run_root, sweep_name, concurrency)
     table = combine([run_root / c.name / RESULTS_FILE for c in configs], run_root / RESULTS_FILE)
-    for result in grid:
-        if result.error is not None:
-            raise _unwrap(result.error)
+    if errors:
+        raise errors[0]
     return table
+
+
+def run_sweep(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",
+              concurrency: Optional[int] = None) -> pa.Table:
+    """Run a sweep: one Tune trial per config, resumable.
+
+    Experiments already complete under ``run_root`` are skipped; the others run as Tune
+    trials (``concurrency`` at once; default ``scale.trial_concurrency`` of the first
+    config, 0 = as resources allow), each resuming from its committed cycles. Returns
+    every experiment's results combined, also written to ``run_root/results.parquet``.
+
+    Raises:
+        DaalRayError: bad config or data, before anything runs; or the first trial's
+            error, after the other trials finish.
+    """
+    if not configs:
+        raise ConfigError("the sweep has no experiments; give at least one strategy, seed and budget")
+    local = sorted(c.name for c in configs if c.scale.num_workers == 0)
+    if local:
+        # Train's in-process mode (0 workers) cannot report from inside a Tune trial.
+        raise ConfigError(f"a sweep runs each experiment in a Ray Train worker group; set ScaleConfig.num_workers "
+                          f"(--num-workers) >= 1 (0 for: {', '.join(local)})")
+    preflight(configs)
+    run_root = Path(run_root).resolve()
+    run_root.mkdir(parents=True, exist_ok=True)
+    if concurrency is None:
+        concurrency = configs[0].scale.trial_concurrency
+    todo = [c for c in configs if not experiment_complete(c, run_root)]
+    done = len(configs) - len(todo)
+    if done:
+        logger.info("sweep %s: %d of %d experiment(s) already complete, skipped", sweep_name, done, len(configs))
+    errors: list[BaseException] = []
+    if todo:
+        logger.info("sweep %s: running %d trial(s), %s at once: %s", sweep_name, len(todo),
+                    concurrency or "as many as fit",
+                    ", ".join(c.name for c in todo))
+        t0 = time.perf_counter()
+        errors = _tune(todo, run_root, sweep_name, concurrency)
+        logger.info("sweep %s: trials finished in %.1f s", sweep_name, time.perf_counter() - t0)
+    table = combine([run_root / c.name / RESULTS_FILE for c in configs], run_root / RESULTS_FILE)
+    if errors:
+        raise errors[0]
+    return table
+
+
+def sweep_from_args(args: Any) -> int:
+    """``daal-ray sweep`` and ``jobs/sweep.py``: plan the grid from parsed arguments (one
+    dataset or several, comma-separated), run it, write the report, print its text."""
+    from daal_ray.cli import _csv, configs_from_args
+    from daal_ray.report import build_report
+    from daal_ray.runtime import init_ray
+
+    datasets = _csv(args.dataset) if getattr(args, "dataset", None) else [None]
+    configs = [c for d in datasets for c in configs_from_args(args, dataset=d, strategy_params=getattr(
+        args, "strategy_params", None))]
+    run_dir = Path(args.run_dir)
+    logger.info("sweep %s: %d experiment(s) under %s", args.name, len(configs), run_dir)
+    init_ray(num_cpus=args.num_cpus)
+    run_sweep(configs, run_dir, sweep_name=args.name)
+    report = build_report(run_dir)
+    print(report.text)
+    print(f"\nresults: {run_dir / RESULTS_FILE}\nreport:  {report.text_path}")
+    for path in report.figures.values():
+        print(f"figure:  {path}")
+    return 0

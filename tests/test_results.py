@@ -166,3 +166,28 @@ def test_aulc_summary_over_seeds():
     summary = aulc_summary(pa.Table.from_pylist(rows))
     mean, std, n = summary["x"]
     assert n == 2 and mean == pytest.approx((0.7 + 0.6) / 2) and std == pytest.approx(0.05)
+
+
+def test_file_written_before_the_redundancy_columns_still_reads(tmp_path):
+    import math
+
+    import pyarrow.parquet as pq
+
+    old_schema = pa.schema([f for f in SCHEMA if f.name not in ("batch_cosine", "batch_class_entropy")])
+    rows = (_row("a", 0, 0.5), _row("a", 1, 0.6))
+    old = pa.Table.from_pylist([{c: r.get(c) for c in old_schema.names} for r in rows], schema=old_schema)
+    pq.write_table(old, tmp_path / "results.parquet")
+    t = read_results(tmp_path)
+    assert t.schema == SCHEMA and t["value"].to_pylist() == [0.5, 0.6]
+    assert all(math.isnan(v) for v in t["batch_cosine"].to_pylist() + t["batch_class_entropy"].to_pylist())
+    # and a new row goes in beside them
+    upsert_rows(tmp_path / "results.parquet", [_row("a", 2, 0.7, batch_cosine=0.25)])
+    assert read_results(tmp_path)["batch_cosine"].to_pylist()[2] == 0.25
+
+
+def test_old_import_path_of_the_summaries():
+    from daal_ray import report, results
+
+    assert results.format_table is report.format_table and results.aulc is report.aulc
+    with pytest.raises(AttributeError):
+        results.no_such_name  # noqa: B018

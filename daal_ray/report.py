@@ -1,0 +1,589 @@
+"""Reports of a run directory: the paper's figures, tables and batch-redundancy diagnostics.
+
+    daal-ray report runs/sweep              # figures + report.txt into runs/sweep/report/
+
+What is drawn and printed, per (dataset, budget) group of experiments:
+
+* learning curves, mean +- std over seeds (the paper's Fig. 3): ``learning_curves.png``;
+* one panel per per-cycle budget (Fig. 5): ``budget_panels.png``;
+* the area under the learning curve and the final metric per strategy variant as bars with
+  std error bars (Fig. 6, ablations): ``ablation_bars.png``;
+* the redundancy of each selected batch, mean pairwise cosine similarity of its task-model
+  features and the entropy of its classes, against the labeled fraction (the paper's
+  overlapping problem): ``batch_redundancy.png``;
+* ``report.txt``: the metric at each labeled fraction, AULC, each strategy's paired
+  difference against the reference (random) over seeds, and the mean redundancy.
+
+A *variant* is a strategy plus the params that differ between the experiments of that
+strategy in the table (``daal[use_rdis=False]``), so ablations of one strategy get one
+curve and one bar each. Standard deviations are over seeds, population form (ddof=0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from daal_ray.results import RESULTS_FILE, SCHEMA, combine, conform, read_results
+
+if TYPE_CHECKING:
+    import torch
+
+    from daal_ray.config import ExperimentConfig
+    from daal_ray.data.base import PoolDataset
+
+logger = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+FRACTION_DECIMALS = 4
+
+
+# ====================================================================== batch redundancy
+def mean_pairwise_cosine(sum_unit: np.ndarray, sum_sq_norm: float, k: int) -> float:
+    """Mean cosine similarity over the ``k (k - 1)`` ordered pairs of distinct rows, from
+    streaming sums: ``sum_unit`` = the sum of the unit-normalised rows, ``sum_sq_norm`` =
+    the sum of their squared norms (1 per row, 0 for an all-zero row).
+
+    Uses ``sum_{i != j} u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2``: no ``k x k`` matrix.
+    NaN for fewer than two rows.
+    """
+    if k < 2:
+        return float("nan")
+    return float((np.dot(sum_unit, sum_unit) - sum_sq_norm) / (k * (k - 1)))
+
+
+def class_entropy(labels: np.ndarray, num_classes: int) -> float:
+    """Entropy of the class histogram of ``labels``, divided by ``log(num_classes)``: 1 = the
+    batch spreads evenly over every class, 0 = one class only. NaN without labels."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0 or num_classes < 2:
+        return float("nan")
+    p = np.bincount(labels.astype(np.int64), minlength=num_classes) / labels.size
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / math.log(num_classes))
+
+
+def batch_redundancy(cfg: ExperimentConfig, dataset: PoolDataset, ids: np.ndarray, checkpoint: str | Path,
+                     device: Optional[torch.device] = None) -> dict[str, float]:
+    """Redundancy of one selected batch, for its results row.
+
+    The features are the cycle model's (the checkpoint the strategy scored with), computed
+    here for the ``K`` selected ids only, in chunks of ``scale.inference_batch_size``, so
+    every strategy gets them, random included (it skips the pool-wide inference) and no
+    second pass over the pool is made. Memory is O(chunk + feature width).
+
+    Returns:
+        ``batch_cosine``: mean pairwise cosine similarity of the features (1 = identical
+        directions; higher = more redundant); ``batch_class_entropy``: normalised entropy
+        of the batch's oracle classes (NaN for dense targets).
+    """
+    import torch
+
+    from daal_ray.models import build_model
+    from daal_ray.training import load_state_dict
+
+    ids = np.asarray(ids, dtype=np.int64)
+    device = device or torch.device("cpu")
+    model = build_model(cfg.train.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    model.load_state_dict(load_state_dict(checkpoint))
+    model.to(device).eval()
+    sum_unit: Optional[np.ndarray] = None
+    sum_sq = 0.0
+    step = cfg.scale.inference_batch_size
+    with torch.inference_mode():
+        for start in range(0, ids.size, step):
+            feats, _ = model.forward_features(dataset.images("train", ids[start:start + step]).to(device))
+            f = feats.double().flatten(1)
+            u = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            part = u.sum(0).cpu().numpy()
+            sum_unit = part if sum_unit is None else sum_unit + part
+            sum_sq += float((u * u).sum())
+    cosine = mean_pairwise_cosine(sum_unit, sum_sq, ids.size) if sum_unit is not None else float("nan")
+    entropy = (class_entropy(dataset.targets("train", ids), dataset.num_classes)
+               if dataset.task == "classification" else float("nan"))
+    return {"batch_cosine": cosine, "batch_class_entropy": entropy}
+
+
+# ====================================================================== loading and grouping
+def load_run(run_dir: str | Path) -> pa.Table:
+    """Every results row under ``run_dir``.
+
+    The experiments' own ``*/results.parquet`` are read when present (they are current
+    even while a sweep runs or after it was killed) and combined into
+    ``run_dir/results.parquet``; otherwise that file (or ``run_dir`` itself, a parquet file)
+    is read.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return read_results(run_dir)
+    if not run_dir.is_dir():
+        from daal_ray.errors import ConfigError
+
+        raise ConfigError(f"run directory {run_dir} does not exist; pass the --run-dir of a run or sweep")
+    parts = sorted(p for p in run_dir.glob(f"*/{RESULTS_FILE}") if p.parent.name != REPORT_DIR)
+    if parts:
+        return combine(parts, run_dir / RESULTS_FILE)
+    return read_results(run_dir)
+
+
+def _params_of(config_json: Optional[str]) -> dict[str, Any]:
+    if not config_json:
+        return {}
+    try:
+        return dict(json.loads(config_json).get("acquisition", {}).get("params", {}))
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _default_params(strategy: str) -> dict[str, Any]:
+    """The strategy's default params, so a param left out and one set to its default match."""
+    try:
+        from daal_ray.acquisition import get_strategy_class
+
+        return get_strategy_class(strategy).Params().to_dict()
+    except Exception:  # a strategy no longer registered: compare the params as recorded
+        return {}
+
+
+def variant_labels(table: pa.Table) -> list[str]:
+    """One label per row: the strategy, plus the params that differ between the rows of
+    that strategy (sorted by name), e.g. ``daal[use_rdis=False]``."""
+    strategies = table["strategy"].to_pylist()
+    configs = table["config"].to_pylist() if "config" in table.column_names else [None] * table.num_rows
+    defaults = {s: _default_params(s) for s in set(strategies)}
+    params = [{**defaults[s], **_params_of(c)} for s, c in zip(strategies, configs)]
+    varying: dict[str, list[str]] = {}
+    for s in set(strategies):
+        mine = [p for p, t in zip(params, strategies) if t == s]
+        keys = sorted({k for p in mine for k in p})
+        varying[s] = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in mine}) > 1]
+    labels = []
+    for s, p in zip(strategies, params):
+        keys = varying[s]
+        labels.append(f"{s}[{','.join(f'{k}={p.get(k)}' for k in keys)}]" if keys else s)
+    return labels
+
+
+def _records(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as dicts with a ``variant`` label and a rounded fraction."""
+    rows = table.to_pylist()
+    for r, label in zip(rows, variant_labels(table)):
+        r["variant"] = label
+        r["frac"] = round(r["labeled_fraction"], FRACTION_DECIMALS)
+    return rows
+
+
+def _order(variants: set[str], reference: str = "random") -> list[str]:
+    """Variants sorted by name, the reference first."""
+    return sorted(variants, key=lambda v: (v != reference, v))
+
+
+def groups(table: pa.Table) -> list[tuple[tuple[str, int], pa.Table]]:
+    """The table split by (dataset, per-cycle budget), sorted."""
+    if not table.num_rows:
+        return []
+    keys = list(zip(table["dataset"].to_pylist(), table["budget"].to_pylist()))
+    out = []
+    for key in sorted(set(keys), key=lambda k: (str(k[0]), k[1] or 0)):
+        mask = pa.array([k == key for k in keys], pa.bool_())
+        out.append((key, table.filter(mask)))
+    return out
+
+
+# ====================================================================== summaries
+def curve_summary(table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per variant: labeled fractions, mean, std over seeds, and seed count per fraction."""
+    out = {}
+    rows = _records(table)
+    for variant in _order({r["variant"] for r in rows}):
+        by_frac: dict[float, list[float]] = {}
+        for r in rows:
+            if r["variant"] == variant:
+                by_frac.setdefault(r["frac"], []).append(r["value"])
+        fr = np.array(sorted(by_frac))
+        vals = [np.asarray(by_frac[f], float) for f in fr]
+        out[variant] = (fr, np.array([v.mean() for v in vals]), np.array([v.std() for v in vals]),
+                        np.array([len(v) for v in vals]))
+    return out
+
+
+def aulc(fractions: np.ndarray, values: np.ndarray) -> float:
+    """Area under one learning curve, normalised by its fraction range (so it reads as a
+    mean metric): trapezoids over the sorted labeled fractions."""
+    order = np.argsort(fractions)
+    f, v = np.asarray(fractions, float)[order], np.asarray(values, float)[order]
+    if f.size < 2 or f[-1] == f[0]:
+        return float(v.mean()) if v.size else float("nan")
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(f)) / (f[-1] - f[0]))
+
+
+def per_seed(table: pa.Table) -> dict[str, dict[int, tuple[float, float]]]:
+    """Per variant and seed: ``(AULC, metric at the largest labeled fraction)``."""
+    out: dict[str, dict[int, tuple[float, float]]] = {}
+    rows = _records(table)
+    for variant, seed in sorted({(r["variant"], r["seed"]) for r in rows}):
+        mine = sorted((r for r in rows if r["variant"] == variant and r["seed"] == seed), key=lambda r: r["frac"])
+        fr = np.array([r["labeled_fraction"] for r in mine])
+        val = np.array([r["value"] for r in mine])
+        out.setdefault(variant, {})[seed] = (aulc(fr, val), float(val[-1]))
+    return out
+
+
+def aulc_summary(table: pa.Table) -> dict[str, tuple[float, float, int]]:
+    """Per variant: mean and std over seeds of each seed's AULC, and the seed count."""
+    out = {}
+    for variant, seeds in per_seed(table).items():
+        a = np.array([v[0] for v in seeds.values()])
+        out[variant] = (float(a.mean()), float(a.std()), int(a.size))
+    return {k: out[k] for k in _order(set(out))}
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """One variant minus the reference, seed by seed (only seeds both have).
+
+    Attributes:
+        aulc_mean, aulc_std: mean and std over seeds of the per-seed AULC difference.
+        final_mean, final_std: the same for the metric at the largest labeled fraction.
+        wins: seeds where the variant's AULC is higher than the reference's.
+        n: the number of paired seeds.
+    """
+
+    aulc_mean: float
+    aulc_std: float
+    final_mean: float
+    final_std: float
+    wins: int
+    n: int
+
+
+def paired_differences(table: pa.Table, reference: str = "random") -> dict[str, PairedDifference]:
+    """Each variant against ``reference`` over the seeds both ran (same initial pool)."""
+    seeds = per_seed(table)
+    if reference not in seeds:
+        return {}
+    ref = seeds[reference]
+    out = {}
+    for variant in _order(set(seeds)):
+        if variant == reference:
+            continue
+        common = sorted(set(seeds[variant]) & set(ref))
+        if not common:
+            continue
+        da = np.array([seeds[variant][s][0] - ref[s][0] for s in common])
+        dfin = np.array([seeds[variant][s][1] - ref[s][1] for s in common])
+        out[variant] = PairedDifference(float(da.mean()), float(da.std()), float(dfin.mean()), float(dfin.std()),
+                                        int((da > 0).sum()), len(common))
+    return out
+
+
+def redundancy_summary(table: pa.Table) -> dict[str, tuple[float, float, float, float, int]]:
+    """Per variant: mean and std of ``batch_cosine`` and ``batch_class_entropy`` over every
+    selected batch (cycles and seeds) that has them, and the number of batches."""
+    rows = [r for r in _records(table) if r.get("num_selected") and r.get("batch_cosine") is not None
+            and math.isfinite(r["batch_cosine"])]
+    out = {}
+    for variant in _order({r["variant"] for r in rows}):
+        c = np.array([r["batch_cosine"] for r in rows if r["variant"] == variant])
+        e = np.array([r["batch_class_entropy"] for r in rows if r["variant"] == variant], float)
+        e = e[np.isfinite(e)]
+        out[variant] = (float(c.mean()), float(c.std()), float(e.mean()) if e.size else float("nan"),
+                        float(e.std()) if e.size else float("nan"), int(c.size))
+    return out
+
+
+# ====================================================================== text
+def _pct(x: float, sign: bool = False) -> str:
+    return "nan" if not math.isfinite(x) else (f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}")
+
+
+def format_table(table: pa.Table) -> str:
+    """Metric at each labeled fraction per variant, mean +- std over seeds, and AULC, as text."""
+    summary = curve_summary(table)
+    if not summary:
+        return "(no results)"
+    metric = table["metric"][0].as_py()
+    fracs = sorted({f for fr, *_ in summary.values() for f in fr})
+    width = max(14, 2 + max(map(len, summary)))
+    # Whole percents print as such; otherwise one decimal for every column (7.5%, 12.5%).
+    decimals = 0 if all(abs(round(f * 100) - f * 100) < 0.05 for f in fracs) else 1
+    head = f"{'strategy':<{width}}" + "".join(f"{f * 100:>14.{decimals}f}%" for f in fracs)
+    lines = [f"{metric} (mean +- std over seeds) at each labeled fraction", head]
+    for variant, (fr, mean, std, _) in summary.items():
+        cells = {f: f"{100 * m:.2f} +- {100 * s:.2f}" for f, m, s in zip(fr, mean, std)}
+        lines.append(f"{variant:<{width}}" + "".join(f"{cells.get(f, '-'):>15}" for f in fracs))
+    lines.append("")
+    lines.append("area under the learning curve (mean +- std over seeds)")
+    for variant, (m, sd, n) in aulc_summary(table).items():
+        lines.append(f"{variant:<{width}}{100 * m:>10.2f} +- {100 * sd:.2f}  (n={n})")
+    return "\n".join(lines)
+
+
+def format_paired(table: pa.Table, reference: str = "random") -> str:
+    """Each variant minus ``reference``, seed by seed, in metric points."""
+    diffs = paired_differences(table, reference)
+    if not diffs:
+        return f"(no paired seeds against {reference})"
+    width = max(14, 2 + max(map(len, diffs)))
+    lines = [f"paired difference against {reference} over seeds (mean +- std of per-seed differences, points)",
+             f"{'strategy':<{width}}{'AULC':>18}{'final':>18}{'AULC wins':>11}"]
+    for variant, d in diffs.items():
+        lines.append(f"{variant:<{width}}{_pct(d.aulc_mean, True) + ' +- ' + _pct(d.aulc_std):>18}"
+                     f"{_pct(d.final_mean, True) + ' +- ' + _pct(d.final_std):>18}{f'{d.wins}/{d.n}':>11}")
+    return "\n".join(lines)
+
+
+def format_redundancy(table: pa.Table) -> str:
+    """Mean redundancy of the selected batches per variant."""
+    summary = redundancy_summary(table)
+    if not summary:
+        return "(no batch redundancy recorded)"
+    width = max(14, 2 + max(map(len, summary)))
+    lines = ["selected-batch redundancy (mean +- std over batches; cosine: higher = more alike; "
+             "class entropy: 1 = classes balanced)",
+             f"{'strategy':<{width}}{'cosine':>18}{'class entropy':>18}{'batches':>9}"]
+    for variant, (c, cs, e, es, n) in summary.items():
+        lines.append(f"{variant:<{width}}{f'{c:.3f} +- {cs:.3f}':>18}{f'{e:.3f} +- {es:.3f}':>18}{n:>9}")
+    return "\n".join(lines)
+
+
+def _group_title(key: tuple[str, int], table: pa.Table) -> str:
+    dataset, budget = key
+    n = table.num_rows and len(set(table["seed"].to_pylist()))
+    return f"{dataset}, budget {budget} per cycle, {n} seed(s)"
+
+
+def format_report(table: pa.Table, reference: str = "random") -> str:
+    """The whole text report: one block per (dataset, budget)."""
+    if not table.num_rows:
+        return "(no results)"
+    blocks = []
+    for key, sub in groups(table):
+        title = _group_title(key, sub)
+        blocks.append("\n\n".join([f"== {title} ==", format_table(sub), format_paired(sub, reference),
+                                   format_redundancy(sub)]))
+    return "\n\n\n".join(blocks)
+
+
+# ====================================================================== figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(variants: Sequence[str]) -> dict[str, Any]:
+    cmap = _pyplot().get_cmap("tab10")
+    return {v: cmap(i % 10) for i, v in enumerate(variants)}
+
+
+def _metric(table: pa.Table) -> str:
+    return table["metric"][0].as_py() if table.num_rows else "metric"
+
+
+def _draw_curves(ax: Any, table: pa.Table, colors: dict[str, Any]) -> None:
+    for variant, (fr, mean, std, n) in curve_summary(table).items():
+        c = colors.get(variant)
+        ax.plot(100 * fr, 100 * mean, marker="o", ms=3.5, color=c, label=f"{variant} (n={int(n.max())})")
+        ax.fill_between(100 * fr, 100 * (mean - std), 100 * (mean + std), color=c, alpha=0.2, linewidth=0)
+    ax.set_xlabel("labeled samples (% of the training pool)")
+    ax.set_ylabel(f"test {_metric(table)} (%)")
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_learning_curves(table: pa.Table, out: str | Path, title: str = "") -> Path:
+    """Metric vs labeled fraction per variant, mean line with a +-1 std band over seeds,
+    one panel per dataset (the paper's Fig. 3). With several budgets, the default one
+    (the smallest) is drawn; :func:`plot_budget_panels` draws them all."""
+    plt = _pyplot()
+    parts = groups(table)
+    by_dataset: dict[str, pa.Table] = {}
+    for (dataset, _), sub in parts:
+        by_dataset.setdefault(dataset, sub)  # smallest budget first
+    n = max(1, len(by_dataset))
+    fig, axes = plt.subplots(1, n, figsize=(6.4 * n, 4.2), dpi=120, squeeze=False)
+    colors = _colors(_order(set(variant_labels(table)))) if table.num_rows else {}
+    for ax, (dataset, sub) in zip(axes[0], by_dataset.items()):
+        _draw_curves(ax, sub, colors)
+        ax.set_title(title or f"{dataset}: {_metric(sub)} vs labeled fraction, mean ± std over seeds", fontsize=10)
+        ax.legend(loc="best", fontsize=8)
+    return _save(fig, Path(out))
+
+
+def plot_budget_panels(table: pa.Table, out: str | Path) -> Path:
+    """One panel per (dataset, per-cycle budget), curves per variant with +-1 std bands
+    (the paper's Fig. 5); datasets are rows, budgets columns, y shared within a row."""
+    plt = _pyplot()
+    parts = groups(table)
+    datasets = sorted({k[0] for k, _ in parts})
+    budgets = {d: [k[1] for k, _ in parts if k[0] == d] for d in datasets}
+    cols = max([len(b) for b in budgets.values()] or [1])
+    fig, axes = plt.subplots(max(1, len(datasets)), cols, figsize=(4.6 * cols, 3.8 * max(1, len(datasets))),
+                             dpi=120, squeeze=False, sharey="row")
+    colors = _colors(_order(set(variant_labels(table)))) if table.num_rows else {}
+    lookup = dict(parts)
+    for i, d in enumerate(datasets):
+        for j in range(cols):
+            ax = axes[i][j]
+            if j >= len(budgets[d]):
+                ax.axis("off")
+                continue
+            sub = lookup[(d, budgets[d][j])]
+            _draw_curves(ax, sub, colors)
+            ax.set_title(f"{d}: budget {budgets[d][j]} per cycle", fontsize=10)
+            if j:
+                ax.set_ylabel("")
+            ax.legend(loc="best", fontsize=7)
+    return _save(fig, Path(out))
+
+
+def plot_ablation_bars(table: pa.Table, out: str | Path) -> Path:
+    """AULC and final metric per variant as bars, mean over seeds with std error bars
+    (the paper's Fig. 6); each (dataset, budget) group is one cluster."""
+    plt = _pyplot()
+    parts = groups(table)
+    variants = _order(set(variant_labels(table))) if table.num_rows else []
+    colors = _colors(variants)
+    fig, axes = plt.subplots(1, 2, figsize=(max(9.5, 1.1 * len(variants) * max(1, len(parts)) + 3), 4.2), dpi=120)
+    width = 0.8 / max(1, len(variants))
+    metric = _metric(table)
+    for ax, which in zip(axes, (0, 1)):
+        bars = []
+        for g, (key, sub) in enumerate(parts):
+            seeds = per_seed(sub)
+            for i, v in enumerate(variants):
+                if v not in seeds:
+                    continue
+                vals = 100 * np.array([s[which] for s in seeds[v].values()])
+                x = g + (i - (len(variants) - 1) / 2) * width
+                ax.bar(x, vals.mean(), width * 0.9, yerr=vals.std(), capsize=3, color=colors[v],
+                       label=v if g == 0 else None)
+                bars.append((x, vals.mean(), vals.min()))
+        ax.set_xticks(range(len(parts)))
+        ax.set_xticklabels([f"{d}\nbudget {b}" for (d, b), _ in parts], fontsize=8)
+        ax.set_ylabel(f"test {metric} at the largest labeled fraction (%)" if which else f"AULC of test {metric} (%)")
+        ax.set_title(f"{'final metric' if which else 'AULC'}, mean ± std over seeds", fontsize=10)
+        if bars:
+            low = max(0.0, min(b[2] for b in bars) - 5)
+            top = max(b[1] for b in bars) + 5
+            ax.set_ylim(low, min(top, 100.5) if top > 95 else top)  # near the data, not at 0; % stops at 100
+            for x, mean, _ in bars:  # the value, inside the bar, clear of the error bar
+                ax.text(x, (low + mean) / 2, f"{mean:.1f}", ha="center", va="center", fontsize=7, color="white",
+                        fontweight="bold", rotation=90 if len(bars) > 8 else 0)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), title="strategy", title_fontsize=8)
+    return _save(fig, Path(out))
+
+
+def plot_redundancy(table: pa.Table, out: str | Path) -> Path:
+    """Selected-batch redundancy against the labeled fraction at selection time, per variant,
+    mean +- std over seeds: cosine similarity (left) and class entropy (right)."""
+    plt = _pyplot()
+    rows = [r for r in _records(table) if r.get("num_selected") and r.get("batch_cosine") is not None
+            and math.isfinite(r["batch_cosine"])]
+    variants = _order({r["variant"] for r in rows})
+    colors = _colors(_order(set(variant_labels(table)))) if table.num_rows else {}
+    # One line per variant and (dataset, budget) group: the overlap grows as the budget shrinks.
+    keys = sorted({(r["dataset"], r["budget"]) for r in rows}, key=lambda k: (str(k[0]), k[1] or 0))
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), dpi=120)
+    for ax, col, label in ((axes[0], "batch_cosine", "mean pairwise cosine similarity of the batch's features"),
+                           (axes[1], "batch_class_entropy", "class entropy of the batch (1 = balanced)")):
+        for v in variants:
+            for g, key in enumerate(keys):
+                by: dict[float, list[float]] = {}
+                for r in rows:
+                    if (r["variant"] == v and (r["dataset"], r["budget"]) == key and r[col] is not None
+                            and math.isfinite(r[col])):
+                        by.setdefault(r["frac"], []).append(r[col])
+                if not by:
+                    continue
+                fr = np.array(sorted(by))
+                m = np.array([np.mean(by[f]) for f in fr])
+                s = np.array([np.std(by[f]) for f in fr])
+                name = v if len(keys) == 1 else f"{v}, {key[0]} budget {key[1]}"
+                ax.plot(100 * fr, m, marker="o", ms=3.5, color=colors.get(v), linestyle=styles[g % len(styles)],
+                        label=name)
+                ax.fill_between(100 * fr, m - s, m + s, color=colors.get(v), alpha=0.15, linewidth=0)
+                ax.errorbar(100 * fr, m, yerr=s, fmt="none", ecolor=colors.get(v), capsize=2, alpha=0.6)
+        ax.set_xlabel("labeled samples when the batch was selected (% of the pool)")
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(0, 1.05)
+    axes[0].set_title("redundancy of each selected batch (higher = more overlap)", fontsize=10)
+    axes[1].set_title("class coverage of each selected batch", fontsize=10)
+    if variants:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return _save(fig, Path(out))
+
+
+# ====================================================================== whole report
+@dataclass
+class Report:
+    """What :func:`build_report` wrote: the text and the figure paths."""
+
+    text: str
+    table: pa.Table
+    figures: dict[str, Path] = field(default_factory=dict)
+    text_path: Optional[Path] = None
+
+
+def build_report(run_dir: str | Path, out_dir: Optional[str | Path] = None, reference: str = "random") -> Report:
+    """Read every result under ``run_dir`` and write the figures and ``report.txt`` into
+    ``out_dir`` (default ``run_dir/report``).
+
+    Raises:
+        ConfigError: ``run_dir`` does not exist or holds no results.
+    """
+    from daal_ray.errors import ConfigError
+
+    table = load_run(run_dir)
+    if not table.num_rows:
+        raise ConfigError(f"{run_dir} holds no results ({RESULTS_FILE}); run `daal-ray run` or `daal-ray sweep` first")
+    out = Path(out_dir) if out_dir else Path(run_dir) / REPORT_DIR
+    figures = {
+        "learning_curves": plot_learning_curves(table, out / "learning_curves.png"),
+        "budget_panels": plot_budget_panels(table, out / "budget_panels.png"),
+        "ablation_bars": plot_ablation_bars(table, out / "ablation_bars.png"),
+        "batch_redundancy": plot_redundancy(table, out / "batch_redundancy.png"),
+    }
+    text = format_report(table, reference)
+    path = out / "report.txt"
+    path.write_text(text + "\n")
+    return Report(text=text, table=conform(table), figures=figures, text_path=path)
+
+
+__all__ = [
+    "PairedDifference", "Report", "SCHEMA", "aulc", "aulc_summary", "batch_redundancy", "build_report",
+    "class_entropy", "curve_summary", "format_paired", "format_redundancy", "format_report", "format_table",
+    "groups", "load_run", "mean_pairwise_cosine", "paired_differences", "per_seed", "plot_ablation_bars",
+    "plot_budget_panels", "plot_learning_curves", "plot_redundancy", "redundancy_summary", "variant_labels",
+]
+
+
+def report_from_args(args: Any) -> int:
+    """``daal-ray report RUN_DIR``: write the report and print its text and figure paths."""
+    report = build_report(args.run_dir, args.out, reference=args.reference)
+    print(report.text)
+    print(f"\nreport:  {report.text_path}")
+    for path in report.figures.values():
+        print(f"figure:  {path}")
+    return 0
