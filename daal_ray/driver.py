@@ -38,7 +38,8 @@ from daal_ray.config import ExperimentConfig
 from daal_ray.data import get_dataset, get_dataset_class
 from daal_ray.data.base import PoolDataset
 from daal_ray.errors import ConfigError, DaalRayError, PoolStateError, RunLockedError
-from daal_ray.pool import PoolState
+from daal_ray.pool import PoolState, load_last_good
+from daal_ray.report import batch_redundancy
 from daal_ray.results import STEP_COLUMNS, read_results, upsert_rows
 from daal_ray.training import (
     METRICS,
@@ -72,7 +73,7 @@ class PoolKeeper:
     def __init__(self, run_dir: str, run_id: str, pool_ids: np.ndarray) -> None:
         self.path = Path(run_dir) / STATE_FILE
         if self.path.exists():
-            self.state = PoolState.load(self.path, run_id=run_id)
+            self.state = load_last_good(self.path, run_id=run_id)
             if not np.array_equal(self.state.sample_ids, np.sort(np.asarray(pool_ids, dtype=np.int64))):
                 raise PoolStateError(f"pool state {self.path} describes another pool than the dataset's training split; "
                                      f"use a new run directory for changed data")
@@ -120,14 +121,27 @@ def driver_name(run_dir: Path) -> str:
 
 
 def start_driver(run_dir: Path, run_id: str, pool_ids: np.ndarray):
-    """Get or create the run's named ALDriver and wait until its state is loaded."""
-    handle = ALDriver.options(name=driver_name(run_dir), namespace=NAMESPACE, get_if_exists=True).remote(
-        str(run_dir), run_id, pool_ids)
-    try:
-        ray.get(handle.snapshot.remote())
-    except ray.exceptions.RayActorError as exc:
-        raise _unwrap(exc) from None
-    return handle
+    """Get or create the run's named ALDriver and wait until its state is loaded.
+
+    The ALDriver of a run that just ended in this cluster may still be registered while it
+    is torn down; the lookup then returns that dying actor, whose first call fails without
+    a daal-ray error. The lookup is repeated (for up to 10 s) until a live one answers.
+    """
+    attempts = 50
+    for attempt in range(attempts):
+        handle = ALDriver.options(name=driver_name(run_dir), namespace=NAMESPACE, get_if_exists=True).remote(
+            str(run_dir), run_id, pool_ids)
+        try:
+            ray.get(handle.snapshot.remote())
+            return handle
+        except ray.exceptions.RayActorError as exc:
+            inner = _unwrap(exc)
+            creation_failed = "creation task" in str(exc)  # the state failed to load: say why, do not retry
+            if inner is not exc or creation_failed or attempt == attempts - 1:
+                raise inner from None
+            logger.info("ALDriver %s is being torn down; looking it up again", driver_name(run_dir))
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 # ====================================================================== helpers
@@ -314,14 +328,16 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
         else:
             t0 = time.perf_counter()
             targets = labels if dataset.task == "classification" else None
+            head_factory = build_strategy(cfg.acquisition, seed=cfg.seed, cycle=cycle).task_head
             model, stats = fit_task_model(dataset, labeled, targets, cfg.train, seed=derive_seed(cfg.seed, cycle, 7),
-                                          device=device)
+                                          device=device, head_factory=head_factory)
             value = METRICS[cfg.metric](evaluate(model, dataset, device=device))
             train_s = time.perf_counter() - t0
             if rank == 0:
                 save_checkpoint(model, ckpt_dir, {"cycle": cycle, "value": value, "train_s": train_s,
                                                   "num_labeled": int(labeled.size), "model": cfg.train.model,
-                                                  "first_loss": stats.first_loss, "last_loss": stats.last_loss})
+                                                  "first_loss": stats.first_loss, "last_loss": stats.last_loss},
+                                head=stats.head)
             barrier()
             _report({"cycle": cycle, cfg.metric: value, "num_labeled": int(labeled.size), "loss": stats.last_loss},
                     ckpt_dir if rank == 0 else None)
@@ -338,17 +354,21 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
         batch = None
         if not last:
             batch = _select(cfg, dataset, pool_ids, labeled, cycle, min(per_cycle, len(pool_ids) - labeled.size),
-                            ckpt_dir, run_dir, row, device)
+                            ckpt_dir, run_dir, row, device, labels=labels)
         if rank == 0:
             row["cycle_s"] = time.perf_counter() - t_cycle
             row["overhead_s"] = max(0.0, row["cycle_s"] - sum(row[c] for c in STEP_COLUMNS if c != "overhead_s"))
             if batch is not None:
-                ids = ray.get(driver.propose.remote(cycle + 1, batch, batch.size))
-                row["num_selected"] = int(ids.size)
+                row["num_selected"] = int(batch.size)
+                row.update(batch_redundancy(cfg, dataset, batch, ckpt_dir / "model.pt", device))  # diagnostic, untimed
+            # The row is durable before the batch is proposed: a crash in between re-runs this
+            # cycle (same model, same selection) and replaces the row; after the proposal the
+            # pending path commits the batch, and the cycle's row is already there.
             upsert_rows(run_dir / "results.parquet", [row])
             logger.info("%s cycle %d: %d labeled (%.1f%%), %s %.4f, cycle %.1fs (train %.1fs)", cfg.name, cycle,
                         labeled.size, 100 * row["labeled_fraction"], cfg.metric, value, row["cycle_s"], train_s)
             if batch is not None:
+                ids = ray.get(driver.propose.remote(cycle + 1, batch, batch.size))
                 ray.get(driver.commit.remote(cycle + 1, ids, oracle_labels(dataset, ids), strategy_name))
         barrier()
         if last:
@@ -356,9 +376,11 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, labeled: np.ndarray, cycle: int,
-            k: int, ckpt_dir: Path, run_dir: Path, row: dict[str, Any], device: torch.device) -> Optional[np.ndarray]:
-    """Features -> fit -> score -> top-K for the next cycle. Returns the ids on rank 0."""
-    from daal_ray.inference import extract_features, pool_dataset, select_topk
+            k: int, ckpt_dir: Path, run_dir: Path, row: dict[str, Any], device: torch.device,
+            labels: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """Features -> fit -> select (``Strategy.select``: top-K or the strategy's own) for the
+    next cycle. ``labels`` are those of ``labeled`` (sorted ids). Returns the ids on rank 0."""
+    from daal_ray.inference import extract_features, pool_dataset
 
     rank, _ = world()
     strategy = build_strategy(cfg.acquisition, seed=cfg.seed, cycle=cycle)
@@ -370,22 +392,26 @@ def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, l
         if strategy.needs:
             features = extract_features(features, data=cfg.data, model_name=cfg.train.model,
                                         num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                                        checkpoint=str(ckpt_dir / "model.pt"), scale=cfg.scale)
+                                        checkpoint=str(ckpt_dir / "model.pt"), scale=cfg.scale,
+                                        acquisition=cfg.acquisition,
+                                        predictor_options=strategy.predictor_options())
             if trains:  # fitting and scoring both read the features: compute them once
                 features = features.materialize()
         row["features_s"] = time.perf_counter() - t0
+    ctx = FitContext(features=features, num_labeled=int(labeled.size), cycle=cycle, run_dir=str(run_dir),
+                     device=device, config=cfg, labeled_ids=np.sort(labeled), pool_ids=np.sort(pool_ids),
+                     labeled_labels=labels)
     if trains:
         t0 = time.perf_counter()
-        features = share_from_rank_zero(features)
-        strategy.fit(FitContext(features=features, num_labeled=int(labeled.size), cycle=cycle, run_dir=str(run_dir),
-                                device=device, config=cfg, labeled_ids=np.sort(labeled)))
+        ctx.features = share_from_rank_zero(features)
+        strategy.fit(ctx)
         row["acq_fit_s"] = time.perf_counter() - t0
     if rank != 0:
         return None
     # Without a fit, features stream straight into scoring: one Ray Data execution per cycle,
     # so scoring_s also covers the feature extraction.
     t0 = time.perf_counter()
-    ids, _, merge_s = select_topk(features, strategy, k, cfg.scale)
+    ids, _, merge_s = strategy.select(ctx, k)
     row["selection_s"] = merge_s
     row["scoring_s"] = time.perf_counter() - t0 - merge_s
     if ids.size != k:

@@ -271,7 +271,7 @@ class PoolState:
         except FileNotFoundError:
             raise
         except Exception as exc:  # pyarrow raises several types for torn files
-            raise PoolStateError(f"pool state {path} is corrupt or truncated ({exc}); "
+            raise TornStateError(f"pool state {path} is corrupt or truncated ({exc}); "
                                  f"the previous good state is {path.with_suffix(path.suffix + '.prev')}") from exc
         raw = (table.schema.metadata or {}).get(_META_KEY)
         if raw is None:
@@ -304,8 +304,44 @@ class PoolState:
         except (KeyError, TypeError, ValueError) as exc:
             raise PoolStateError(f"pool state {path} has malformed metadata ({exc!r})") from exc
         if state._digest() != meta.get("sha256"):
-            raise PoolStateError(f"pool state {path} is corrupt: its content does not match its checksum")
+            raise TornStateError(f"pool state {path} is corrupt: its content does not match its checksum")
         state.check(where=f"pool state {path}")
+        return state
+
+
+class TornStateError(PoolStateError):
+    """A pool-state file is torn, truncated or fails its checksum (not merely foreign)."""
+
+
+def load_last_good(path: str | os.PathLike, run_id: Optional[str] = None) -> PoolState:
+    """Load the state at ``path``; if that file is torn, resume from ``path.prev``.
+
+    A torn file (unreadable, truncated, checksum mismatch) is moved aside to
+    ``<name>.torn-<unix time>`` and logged as an error naming it; the previous generation,
+    which :meth:`PoolState.save` keeps, is loaded and written back to ``path``. Falling back
+    one generation is safe: the cycle loop redoes the last step with the same seed, and a
+    pending batch is committed with the same ids, so no budget is spent twice.
+
+    Raises:
+        PoolStateError: the file is foreign or breaks an invariant, or it is torn and the
+            previous generation is missing or bad too (naming both files).
+    """
+    path = Path(path)
+    try:
+        return PoolState.load(path, run_id=run_id)
+    except TornStateError as exc:
+        prev = path.with_name(path.name + ".prev")
+        if not prev.is_file():
+            raise PoolStateError(f"{exc}; there is no previous generation {prev} to resume from") from exc
+        try:
+            state = PoolState.load(prev, run_id=run_id)
+        except PoolStateError as prev_exc:
+            raise PoolStateError(f"{exc}; its previous generation does not load either: {prev_exc}") from prev_exc
+        torn = path.with_name(f"{path.name}.torn-{int(time.time())}")
+        os.replace(path, torn)
+        logger.error("pool state %s is torn (%s); resuming from the last good state %s; the torn file is kept as %s",
+                     path, exc, prev, torn)
+        state.save(path)  # path is gone, so .prev stays the good generation
         return state
 
 

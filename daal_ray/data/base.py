@@ -111,6 +111,11 @@ class InMemoryDataset(PoolDataset):
                 raise DataError(f"dataset {self.name}: split {split} has {len(ids)} ids, {len(x)} images, {len(y)} labels")
             if len(ids) == 0:
                 raise DataError(f"dataset {self.name}: split {split} is empty")
+            if np.issubdtype(np.asarray(x).dtype, np.floating):
+                finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+                if not finite.all():
+                    raise DataError(f"dataset {self.name}: split {split} has NaN or infinite pixel values, "
+                                    f"e.g. sample ids {ids[~finite][:5].tolist()}")
             y = np.asarray(y, dtype=np.int64)
             bad = (y < 0) | (y >= self.num_classes)
             if bad.any():
