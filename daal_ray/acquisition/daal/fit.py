@@ -181,6 +181,12 @@ def _branch_weights(p: DAALParams, s: torch.Tensor, detach: bool) -> Optional[li
     return ([1.0 - s] if p.use_udis else []) + ([s] if p.use_rdis else [])
 
 
+def _fake_logits(nets: DAALNets, p: DAALParams, x_hat, x_tilde) -> list[torch.Tensor]:
+    """The enabled discriminators' logits on the reconstructions only (uDis on ``x_hat``,
+    rDis on ``x_tilde``), for the rater's weighted term, which reads nothing else."""
+    return ([nets.udis(x_hat)[0]] if p.use_udis else []) + ([nets.rdis(x_tilde)[0]] if p.use_rdis else [])
+
+
 def _adversarial_terms(nets: DAALNets, p: DAALParams, x_l, x_u, x_hat, x_tilde):
     """Discriminator outputs on (real, fake) per enabled branch, and hidden activations."""
     real_logits, fake_logits, real_hidden, fake_hidden = [], [], [], []
@@ -252,7 +258,7 @@ def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALPar
             # as they stand, and the scores move weight onto the samples whose reconstruction
             # fools each one. Letting this term into the encoder too would let it fool uDis by
             # mapping every sample onto the labeled set, which erases the signal.
-            _, fake_logits, _, _ = _adversarial_terms(nets, p, x_l, x_u, x_hat.detach(), x_tilde.detach())
+            fake_logits = _fake_logits(nets, p, x_hat.detach(), x_tilde.detach())
         rater = rater + p.w_gan * L.generator_gan_loss(fake_logits, saturating=saturating,
                                                        fake_weights=_branch_weights(p, s, detach=False))
     _update(rater, groups["rater"], opts["rater"])
