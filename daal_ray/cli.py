@@ -5,6 +5,8 @@
     daal-ray report runs/sweep     # figures, tables, paired differences, batch redundancy
     daal-ray strategies            # every registered strategy, one line each
     daal-ray datasets | models     # the registered datasets and task models
+    daal-ray score --features DIR --strategy daal --k 1000 --out picks.parquet   # pools of any size
+    daal-ray init | select | import | status PROJECT_DIR   # labeling with people (README)
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from daal_ray.errors import DaalRayError
+
+from daal_ray.labeling.cli import VERBS as LABELING_VERBS
 
 logger = logging.getLogger("daal_ray")
 
@@ -38,6 +42,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
         g.add_argument("--dataset", default=None, help="registered dataset (default: digits); see `daal-ray datasets`")
     g.add_argument("--data-root", default=None, help="folder with the dataset's official on-disk layout")
     g.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-root")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="image side (imagefolder) or height (cityscapes; width = 2 x height) in pixels")
     g.add_argument("--strategy", "--strategies", dest="strategies", default=strategies,
                    help=f"strategy name, or several separated by commas (default: {strategies or 'random'}); "
                         f"see `daal-ray strategies`")
@@ -59,6 +65,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
     r.add_argument("--use-gpu", action="store_true", default=None, help="train and infer on GPUs")
     r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per Train worker (default: 1)")
     r.add_argument("--inference-actors", type=int, default=None, help="Ray Data actors scoring the pool (default: 1)")
+    r.add_argument("--inference-batch-size", type=int, default=None,
+                   help="images per batch of pool inference and test evaluation (default: 512, or the job's)")
     r.add_argument("--inference-compute", choices=("actors", "tasks"), default=None,
                    help="Ray Data execution of the pool predictor: an actor pool (default) or tasks that cache it "
                         "per worker process (faster on small pools)")
@@ -96,12 +104,14 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
     train = _given(("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
     protocol = _given(("initial_fraction", args.initial_fraction), ("step_fraction", args.step_fraction),
                       ("final_fraction", args.final_fraction))
-    data = _given(("root", args.data_root), ("download", args.download or None))
+    data = _given(("root", args.data_root), ("download", args.download or None),
+                  ("image_size", getattr(args, "image_size", None)))
     base = _read_config_file(args.config)
     scale = {"num_workers": 1, **base.get("scale", {}),
              **_given(("num_workers", args.num_workers), ("use_gpu", args.use_gpu),
                       ("cpus_per_worker", args.cpus_per_worker), ("inference_actors", args.inference_actors),
-                      ("inference_compute", args.inference_compute), ("trial_concurrency", args.concurrency))}
+                      ("inference_compute", args.inference_compute), ("trial_concurrency", args.concurrency),
+                      ("inference_batch_size", getattr(args, "inference_batch_size", None)))}
     if args.use_gpu:
         scale.setdefault("gpus_per_inference_actor", 0.25)
     try:
@@ -175,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="the --run-dir of a run or sweep")
     report.add_argument("--out", default=None, help="where figures and report.txt go (default: RUN_DIR/report)")
     report.add_argument("--reference", default="random", help="strategy the others are paired against")
+    from daal_ray.labeling.cli import add_labeling_parsers
+
+    add_labeling_parsers(sub)  # init, select, import, status: labeling with people
+    score = sub.add_parser("score", help="select from a pool of precomputed-feature parquet shards, any size",
+                           description="Stream parquet shards (sample_id, features, optional label and probs) "
+                                       "through Ray Data, fit the strategy on the labeled rows plus a bounded "
+                                       "sample, and write the exact top K (README: Very large pools).")
+    from daal_ray.streaming import add_score_arguments
+
+    add_score_arguments(score)
     sub.add_parser("strategies", help="list the registered acquisition strategies")
     sub.add_parser("datasets", help="list the registered datasets")
     sub.add_parser("models", help="list the registered task models")
@@ -201,6 +221,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from daal_ray.report import report_from_args
 
             return report_from_args(args)
+        if args.verb == "score":
+            from daal_ray.streaming import score_from_args
+
+            return score_from_args(args)
+        if args.verb in LABELING_VERBS:
+            from daal_ray.labeling.cli import run_labeling
+
+            return run_labeling(args)
         return _list(args.verb)
     except DaalRayError as exc:
         print(f"daal-ray: error: {exc}", file=sys.stderr)

@@ -155,7 +155,8 @@ class DataConfig(_Config):
         split_seed: seed of the train/test split for datasets without an official one
             (digits). Fixed across experiment seeds so every seed is scored on one test set.
         test_fraction: share of samples held out for testing where the split is ours.
-        image_size: side length, in pixels, that ``imagefolder`` images are resized to.
+        image_size: side length, in pixels, that ``imagefolder`` images are resized to; for
+            ``cityscapes`` the height (the width is twice it).
     """
 
     name: str = "digits"

@@ -43,6 +43,7 @@ from daal_ray.report import batch_redundancy
 from daal_ray.results import STEP_COLUMNS, read_results, upsert_rows
 from daal_ray.training import (
     METRICS,
+    FitStats,
     barrier,
     derive_seed,
     evaluate,
@@ -101,8 +102,9 @@ class PoolKeeper:
             self.state.save(self.path)
         return out
 
-    def commit(self, cycle: int, ids: np.ndarray, labels: Optional[np.ndarray], strategy: str = "") -> bool:
-        changed = self.state.commit(cycle, ids, labels, strategy=strategy)
+    def commit(self, cycle: int, ids: np.ndarray, labels: Optional[np.ndarray], strategy: str = "",
+               partial: bool = False) -> bool:
+        changed = self.state.commit(cycle, ids, labels, strategy=strategy, partial=partial)
         if changed:
             self.state.save(self.path)
         return changed
@@ -137,6 +139,10 @@ def start_driver(run_dir: Path, run_id: str, pool_ids: np.ndarray):
         except ray.exceptions.RayActorError as exc:
             inner = _unwrap(exc)
             creation_failed = "creation task" in str(exc)  # the state failed to load: say why, do not retry
+            if creation_failed and inner is exc:
+                # Ray reports the failed constructor as ActorDiedError; load the state here
+                # to raise its own PoolStateError (naming the files) instead.
+                PoolKeeper(str(run_dir), run_id, pool_ids)
             if inner is not exc or creation_failed or attempt == attempts - 1:
                 raise inner from None
             logger.info("ALDriver %s is being torn down; looking it up again", driver_name(run_dir))
@@ -146,13 +152,26 @@ def start_driver(run_dir: Path, run_id: str, pool_ids: np.ndarray):
 
 # ====================================================================== helpers
 def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Fill the dataset's default model in when none is named."""
+    """Fill the dataset's default model in when none is named; check the model fits the task.
+
+    Raises:
+        ConfigError: an unknown model, or a classifier named for a segmentation dataset
+            (or the reverse).
+    """
+    cls = get_dataset_class(cfg.data.name)
     if not cfg.train.model:
-        cls = get_dataset_class(cfg.data.name)
         cfg = cfg.replace(train=cfg.train.replace(model=cls.default_model))
-    from daal_ray.models import check_model_name
+    from daal_ray.models import build_model, check_model_name
 
     check_model_name(cfg.train.model)
+    # Datasets may be registered as factories: read their attributes with the protocol's defaults.
+    data_task = getattr(cls, "task", "classification")
+    model = build_model(cfg.train.model, num_classes=2, in_channels=getattr(cls, "in_channels", 3))
+    model_task = getattr(model, "task", "classification")
+    if model_task != data_task:
+        raise ConfigError(f"model {cfg.train.model!r} is a {model_task} model but dataset {cfg.data.name!r} is "
+                          f"{data_task}; pick a {data_task} model (its default is "
+                          f"{getattr(cls, 'default_model', '?')!r}, see `daal-ray models`)")
     return cfg
 
 
@@ -322,23 +341,8 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
             continue
         labeled, labels = snap["labeled_ids"], snap["labeled_labels"]
         ckpt_dir = run_dir / "checkpoints" / f"cycle_{cycle:03d}"
-        meta = load_checkpoint_meta(ckpt_dir)
-        if meta is not None and meta.get("num_labeled") == int(labeled.size):
-            value, train_s = float(meta["value"]), float(meta["train_s"])
-        else:
-            t0 = time.perf_counter()
-            targets = labels if dataset.task == "classification" else None
-            head_factory = build_strategy(cfg.acquisition, seed=cfg.seed, cycle=cycle).task_head
-            model, stats = fit_task_model(dataset, labeled, targets, cfg.train, seed=derive_seed(cfg.seed, cycle, 7),
-                                          device=device, head_factory=head_factory)
-            value = METRICS[cfg.metric](evaluate(model, dataset, device=device))
-            train_s = time.perf_counter() - t0
-            if rank == 0:
-                save_checkpoint(model, ckpt_dir, {"cycle": cycle, "value": value, "train_s": train_s,
-                                                  "num_labeled": int(labeled.size), "model": cfg.train.model,
-                                                  "first_loss": stats.first_loss, "last_loss": stats.last_loss},
-                                head=stats.head)
-            barrier()
+        value, train_s, stats = train_cycle_model(cfg, dataset, labeled, labels, cycle, ckpt_dir, device)
+        if stats is not None:
             _report({"cycle": cycle, cfg.metric: value, "num_labeled": int(labeled.size), "loss": stats.last_loss},
                     ckpt_dir if rank == 0 else None)
 
@@ -354,7 +358,8 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
         batch = None
         if not last:
             batch = _select(cfg, dataset, pool_ids, labeled, cycle, min(per_cycle, len(pool_ids) - labeled.size),
-                            ckpt_dir, run_dir, row, device, labels=labels)
+                            ckpt_dir, run_dir, row, device,
+                            labels=labels if dataset.task == "classification" else None)
         if rank == 0:
             row["cycle_s"] = time.perf_counter() - t_cycle
             row["overhead_s"] = max(0.0, row["cycle_s"] - sum(row[c] for c in STEP_COLUMNS if c != "overhead_s"))
@@ -375,11 +380,58 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
             return
 
 
-def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, labeled: np.ndarray, cycle: int,
-            k: int, ckpt_dir: Path, run_dir: Path, row: dict[str, Any], device: torch.device,
-            labels: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+def train_cycle_model(cfg: ExperimentConfig, dataset: PoolDataset, labeled: np.ndarray, labels: np.ndarray,
+                      cycle: int, ckpt_dir: Path, device: torch.device) -> tuple[float, float, Optional[FitStats]]:
+    """Train the task model of ``cycle`` on the labeled ids, or reuse its checkpoint.
+
+    Every rank of the worker group calls it (DDP); rank 0 writes the checkpoint to
+    ``ckpt_dir``. A complete checkpoint trained on as many labeled ids is reused, so a
+    resumed cycle does not train again. ``labels`` are those of ``labeled`` (sorted ids).
+
+    Returns:
+        ``(metric value on the test split, training seconds, FitStats)``; FitStats is None
+        when the checkpoint was reused.
+    """
+    rank, _ = world()
+    head_factory = build_strategy(cfg.acquisition, seed=cfg.seed, cycle=cycle).task_head
+    meta = load_checkpoint_meta(ckpt_dir)
+    if meta is not None and meta.get("num_labeled") == int(labeled.size):
+        # Reused only if it also holds the joint head this strategy trains (a project may
+        # switch strategies between cycles).
+        from daal_ray.models import build_model
+
+        probe = head_factory(build_model(cfg.train.model, num_classes=dataset.num_classes,
+                                         in_channels=dataset.in_channels))
+        if probe is None or (ckpt_dir / probe.checkpoint_file).is_file():
+            return float(meta["value"]), float(meta["train_s"]), None
+    t0 = time.perf_counter()
+    targets = labels if dataset.task == "classification" else None
+    model, stats = fit_task_model(dataset, labeled, targets, cfg.train, seed=derive_seed(cfg.seed, cycle, 7),
+                                  device=device, head_factory=head_factory)
+    value = METRICS[cfg.metric](evaluate(model, dataset, device=device, batch_size=cfg.scale.inference_batch_size))
+    train_s = time.perf_counter() - t0
+    if rank == 0:
+        save_checkpoint(model, ckpt_dir, {"cycle": cycle, "value": value, "train_s": train_s,
+                                          "num_labeled": int(labeled.size), "model": cfg.train.model,
+                                          "first_loss": stats.first_loss, "last_loss": stats.last_loss},
+                        head=stats.head)
+    barrier()
+    return value, train_s, stats
+
+
+def _select(*args: Any, **kwargs: Any) -> Optional[np.ndarray]:
+    """The cycle loop's selection step: the ids of :func:`select_batch`."""
+    picked = select_batch(*args, **kwargs)
+    return None if picked is None else picked[0]
+
+
+def select_batch(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, labeled: np.ndarray, cycle: int,
+                 k: int, ckpt_dir: Path, run_dir: Path, row: dict[str, Any], device: torch.device,
+                 labels: Optional[np.ndarray] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """Features -> fit -> select (``Strategy.select``: top-K or the strategy's own) for the
-    next cycle. ``labels`` are those of ``labeled`` (sorted ids). Returns the ids on rank 0."""
+    next cycle. ``labels`` are those of ``labeled`` (sorted ids). Every rank calls it;
+    returns ``(ids in pick order, their scores)`` on rank 0, None on the others. The
+    step timings go into ``row``."""
     from daal_ray.inference import extract_features, pool_dataset
 
     rank, _ = world()
@@ -411,12 +463,12 @@ def _select(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, l
     # Without a fit, features stream straight into scoring: one Ray Data execution per cycle,
     # so scoring_s also covers the feature extraction.
     t0 = time.perf_counter()
-    ids, _, merge_s = strategy.select(ctx, k)
+    ids, scores, merge_s = strategy.select(ctx, k)
     row["selection_s"] = merge_s
     row["scoring_s"] = time.perf_counter() - t0 - merge_s
     if ids.size != k:
         raise PoolStateError(f"selection returned {ids.size} ids, expected {k}")
-    return ids
+    return ids, scores
 
 
 def group_loop(loop_config: dict[str, Any]) -> None:
@@ -426,7 +478,7 @@ def group_loop(loop_config: dict[str, Any]) -> None:
         experiment_loop({**item, "submitted_at": loop_config["submitted_at"] if i == 0 else time.time()})
 
 
-def _fit(loop: Any, loop_config: dict[str, Any], scale: Any, storage: Path) -> None:
+def run_on_worker_group(loop: Any, loop_config: dict[str, Any], scale: Any, storage: Path) -> None:
     """Run ``loop`` on a Ray Train worker group sized by ``scale``; return when it is done."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -480,7 +532,7 @@ def run_experiment(cfg: ExperimentConfig, run_root: str | Path) -> pa.Table:
     cfg = resolve_config(cfg)
     with contextlib.ExitStack() as stack:
         item = _open_experiment(cfg, run_root, stack)
-        _fit(experiment_loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
+        run_on_worker_group(experiment_loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
     return read_results(item["run_dir"])
 
 
@@ -497,6 +549,6 @@ def run_experiment_group(configs: list[ExperimentConfig], run_root: str | Path) 
     group = hashlib.sha1(",".join(c.name for c in configs).encode()).hexdigest()[:10]
     with contextlib.ExitStack() as stack:
         items = [_open_experiment(cfg, run_root, stack) for cfg in configs]
-        _fit(group_loop, {"experiments": items}, configs[0].scale,
+        run_on_worker_group(group_loop, {"experiments": items}, configs[0].scale,
              Path(run_root).resolve() / "ray_train" / f"group-{group}")
     return [read_results(item["run_dir"]) for item in items]

@@ -38,8 +38,25 @@ def pool_dataset(sample_ids: np.ndarray, labeled_ids: np.ndarray, scale: ScaleCo
     return ray.data.from_arrow(tables)
 
 
+def pixel_mean_entropy(probs: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Predictive entropy of ``probs [n, C, ...]`` per location, averaged per sample ``[n]``
+    (float64; clipped like :func:`daal_ray.acquisition.entropy.predictive_entropy`)."""
+    out = torch.empty(probs.shape[0], dtype=torch.float64, device=probs.device)
+    for i in range(probs.shape[0]):  # one image at a time: the float64 copy is one image's
+        p = probs[i].double().clamp_(eps, 1.0)
+        out[i] = (-(p * p.log()).sum(0)).mean()
+    return out
+
+
 class PoolPredictor:
     """Stateful Ray Data predictor: the dataset and the model are loaded once per actor.
+
+    Output columns: ``sample_id``, ``labeled``, ``features`` ``[n, d]`` and ``probs``
+    ``[n, C]``. For dense predictions (segmentation logits ``[n, C, H, W]``) the pixels are
+    reduced per image before anything leaves the predictor: ``probs`` is the mean pixel
+    softmax, and the column ``entropy`` ``[n]`` is the mean pixel predictive entropy (under
+    MC dropout, of the mean softmax over the passes), which the entropy-based strategies
+    score when it is present.
 
     Args:
         data: the experiment's DataConfig as a dict.
@@ -52,7 +69,8 @@ class PoolPredictor:
             and its output is added as the column ``head.output_column``.
         mc_passes: MC dropout: when > 0, ``probs`` is the mean softmax of this many passes
             through the classifier head (:meth:`TaskModel.classify`) with dropout
-            ``mc_dropout`` on the penultimate features; the backbone runs once.
+            ``mc_dropout`` on the head's input (the penultimate features, or a segmentation
+            model's last map); the backbone runs once.
         mc_dropout: the dropout probability of those passes.
         mc_seed: seeds the dropout masks (with each batch's ids), so a rerun repeats them.
     """
@@ -88,27 +106,37 @@ class PoolPredictor:
         ids = batch["sample_id"]
         with torch.inference_mode():
             x = self.dataset.images("train", ids).to(self.device, non_blocking=True)
-            if self.head is None:
-                feats, logits = self.model.forward_features(x)
-            else:
+            head_in = None
+            if self.head is not None:
                 taps, feats, logits = self.model.forward_taps(x)
                 head_out = self.head(taps).float().cpu().numpy()
+            elif self.mc_passes > 0:
+                head_in, feats, logits = self.model.forward_head_input(x)
+            else:
+                feats, logits = self.model.forward_features(x)
             probs = torch.softmax(logits.float(), dim=1)
             if self.mc_passes > 0:
-                probs = self._mc_probs(feats, ids)
+                probs = self._mc_probs(feats if head_in is None else head_in, ids)
+            entropy = None
+            if probs.dim() > 2:
+                # Dense predictions are reduced per image here: pixel maps never enter Ray Data.
+                entropy = pixel_mean_entropy(probs).cpu().numpy()
+                probs = probs.flatten(2).mean(2)
         out = {
             "sample_id": ids,
             "labeled": batch["labeled"],
             "features": feats.float().cpu().numpy(),
             "probs": probs.cpu().numpy(),
         }
+        if entropy is not None:
+            out["entropy"] = entropy
         if self.head is not None:
             out[self.head.output_column] = head_out
         return out
 
 
     def _mc_probs(self, feats: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
-        """Mean softmax over ``mc_passes`` passes of the head with dropout on ``feats``."""
+        """Mean softmax over ``mc_passes`` passes of the head with dropout on ``feats`` (the head's input)."""
         from daal_ray.training import derive_seed
 
         gen = torch.Generator(device=self.device)

@@ -10,7 +10,9 @@ The state is a set of columns keyed by ``sample_id`` (int64, sorted, unique):
 Cycle 0 is the initial labeled pool; cycle ``c > 0`` adds the batch selected after the
 task model of cycle ``c - 1`` was trained. A batch is *proposed* (recorded as pending and
 persisted) before labels are asked for, then *committed*; both are idempotent, so a crash
-anywhere loses no committed label and never spends budget twice.
+anywhere loses no committed label and never spends budget twice. People label a batch in
+parts: a partial commit labels some of its ids (they carry the pending cycle) and leaves
+the rest pending; the cycle enters the history when its last id is labeled.
 
 It is saved as one parquet file by atomic replace (temp file, fsync, rename), with its
 history, run id and a content hash in the file's metadata; loading checks the hash and
@@ -159,20 +161,29 @@ class PoolState:
         return self.pending_ids()
 
     def commit(self, cycle: int, ids: Iterable[int] | np.ndarray, labels: Optional[Sequence[int] | np.ndarray] = None,
-               strategy: str = "") -> bool:
+               strategy: str = "", partial: bool = False) -> bool:
         """Label the pending batch of ``cycle``. Idempotent.
+
+        With ``partial``, ``ids`` may be any part of the pending batch: they are labeled
+        now and the rest stays pending; the cycle enters the history when its last pending
+        id is labeled (by a partial or a full commit of the rest). Ids that an earlier
+        partial commit labeled in ``cycle`` with the same labels are skipped, so repeating
+        a partial commit changes nothing.
 
         Returns:
             True if this call changed the state, False if ``cycle`` was committed already
-            with these same ids.
+            with these same ids (or, with ``partial``, every id was labeled already).
 
         Raises:
             PoolStateError: ``ids`` differ from the pending (or committed) batch, nothing
-                is pending, or the labels do not match the ids.
+                is pending, or the labels do not match the ids; with ``partial``: ids
+                neither pending nor labeled in ``cycle``, or labeled with other labels.
         """
         raw = _as_ids(ids)
         order = np.argsort(raw, kind="stable")
         ids = raw[order]
+        if partial:
+            return self._commit_part(cycle, ids, None if labels is None else np.asarray(labels), order, strategy)
         if cycle < self.next_cycle:
             done = np.sort(self.ids_of_cycle(cycle))
             if not np.array_equal(done, ids):
@@ -193,12 +204,49 @@ class PoolState:
             self.label[pos] = lab[order].astype(np.int64)  # labels follow their ids, in any order
         self.labeled_cycle[pos] = cycle
         self.pending[pos] = False
+        self._close_pending(cycle, strategy)
+        return True
+
+    def _commit_part(self, cycle: int, ids: np.ndarray, labels: Optional[np.ndarray], order: np.ndarray,
+                     strategy: str) -> bool:
+        """:meth:`commit` with ``partial``; ``ids`` sorted, ``labels`` in the caller's order."""
+        where = f"partial commit for cycle {cycle}"
+        if labels is not None:
+            if labels.shape != ids.shape or not np.issubdtype(labels.dtype, np.integer):
+                raise PoolStateError(f"labels for cycle {cycle} must be {ids.size} integers, got shape {labels.shape}")
+            labels = labels[order].astype(np.int64)
+        if np.any(ids[1:] == ids[:-1]):
+            raise PoolStateError(f"{where} repeats sample ids")
+        if cycle > self.next_cycle or (cycle == self.next_cycle and self.pending_cycle != cycle):
+            raise PoolStateError(f"nothing is pending for cycle {cycle}; propose the batch first")
+        pos = self._positions(ids, where)
+        done = self.labeled_cycle[pos] == cycle
+        stray = ~done & ~self.pending[pos]
+        if np.any(stray):
+            raise PoolStateError(f"{where}: {int(stray.sum())} id(s) are neither pending nor labeled in cycle {cycle}, "
+                                 f"e.g. {ids[stray][:5].tolist()}")
+        if labels is not None and np.any(self.label[pos[done]] != labels[done]):
+            clash = ids[done][self.label[pos[done]] != labels[done]]
+            raise PoolStateError(f"{where}: {clash.size} id(s) were labeled in cycle {cycle} with other labels, "
+                                 f"e.g. {clash[:5].tolist()}; labels are final")
+        new = pos[~done]
+        if new.size == 0:
+            return False
+        if labels is not None:
+            self.label[new] = labels[~done]
+        self.labeled_cycle[new] = cycle
+        self.pending[new] = False
+        if not self.pending.any():
+            self._close_pending(cycle, strategy)
+        return True
+
+    def _close_pending(self, cycle: int, strategy: str) -> None:
+        """The pending batch of ``cycle`` is all labeled: record the cycle."""
         self.pending_cycle = None
         self.history.append(
-            CycleRecord(cycle=cycle, num_added=int(ids.size), num_labeled=int((self.labeled_cycle >= 0).sum()),
-                        strategy=strategy, committed_at=time.time())
+            CycleRecord(cycle=cycle, num_added=int((self.labeled_cycle == cycle).sum()),
+                        num_labeled=int((self.labeled_cycle >= 0).sum()), strategy=strategy, committed_at=time.time())
         )
-        return True
 
     # -------------------------------------------------------------- invariants
     def check(self, where: str = "pool state") -> None:
@@ -212,8 +260,10 @@ class PoolState:
             raise PoolStateError(f"{where}: the pool is empty")
         if np.any(ids[1:] <= ids[:-1]):
             raise PoolStateError(f"{where}: sample ids are not unique and sorted")
-        if np.any(self.labeled_cycle < -1) or np.any(self.labeled_cycle >= self.next_cycle):
-            raise PoolStateError(f"{where}: a labeled cycle is outside [-1, {self.next_cycle - 1}]")
+        # A pending batch may be partly labeled already (a partial commit): those carry its cycle.
+        top = self.next_cycle - (self.pending_cycle is None)
+        if np.any(self.labeled_cycle < -1) or np.any(self.labeled_cycle > top):
+            raise PoolStateError(f"{where}: a labeled cycle is outside [-1, {top}]")
         if np.any(self.pending & (self.labeled_cycle >= 0)):
             raise PoolStateError(f"{where}: a sample is both pending and labeled")
         if (self.pending_cycle is None) == bool(self.pending.any()):

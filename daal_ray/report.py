@@ -70,6 +70,17 @@ def class_entropy(labels: np.ndarray, num_classes: int) -> float:
     return float(-(p * np.log(p)).sum() / math.log(num_classes))
 
 
+def distribution_entropy(p: np.ndarray) -> float:
+    """Entropy of a class distribution ``p`` (renormalised), divided by ``log(len(p))``;
+    NaN if it has no mass."""
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    num_classes, total = p.size, p.sum()
+    if num_classes < 2 or not total > 0:
+        return float("nan")
+    p = p[p > 0] / total
+    return float(-(p * np.log(p)).sum() / math.log(num_classes))
+
+
 def batch_redundancy(cfg: ExperimentConfig, dataset: PoolDataset, ids: np.ndarray, checkpoint: str | Path,
                      device: Optional[torch.device] = None) -> dict[str, float]:
     """Redundancy of one selected batch, for its results row.
@@ -82,7 +93,8 @@ def batch_redundancy(cfg: ExperimentConfig, dataset: PoolDataset, ids: np.ndarra
     Returns:
         ``batch_cosine``: mean pairwise cosine similarity of the features (1 = identical
         directions; higher = more redundant); ``batch_class_entropy``: normalised entropy
-        of the batch's oracle classes (NaN for dense targets).
+        of the batch's oracle classes (for dense targets, of the batch's mean class
+        composition: the per-image shares of non-void pixels, averaged over the batch).
     """
     import torch
 
@@ -106,8 +118,10 @@ def batch_redundancy(cfg: ExperimentConfig, dataset: PoolDataset, ids: np.ndarra
             sum_unit = part if sum_unit is None else sum_unit + part
             sum_sq += float((u * u).sum())
     cosine = mean_pairwise_cosine(sum_unit, sum_sq, ids.size) if sum_unit is not None else float("nan")
-    entropy = (class_entropy(dataset.targets("train", ids), dataset.num_classes)
-               if dataset.task == "classification" else float("nan"))
+    if dataset.task == "classification":
+        entropy = class_entropy(dataset.targets("train", ids), dataset.num_classes)
+    else:  # dense targets: the batch's mean class composition (each image's non-void pixels)
+        entropy = distribution_entropy(dataset.class_frequencies("train", ids).mean(0)) if ids.size else float("nan")
     return {"batch_cosine": cosine, "batch_class_entropy": entropy}
 
 

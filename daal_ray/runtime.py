@@ -22,15 +22,24 @@ def default_num_cpus() -> int:
     return max(8, 4 * (os.cpu_count() or 1))
 
 
+DASHBOARD_ENV = "DAAL_RAY_DASHBOARD"
+
+
 def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a local instance."""
+    """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a local instance.
+
+    A local instance runs Ray's dashboard on 127.0.0.1 unless the environment variable
+    ``DAAL_RAY_DASHBOARD`` is ``0`` (its dozen processes cost start-up time and CPU on
+    small machines; the test suite turns it off).
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=num_cpus or default_num_cpus(), dashboard_host="127.0.0.1",
+        dashboard = os.environ.get(DASHBOARD_ENV, "1").strip() not in ("0", "false", "no")
+        ray.init(num_cpus=num_cpus or default_num_cpus(), include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level=logging.WARNING)
 
 

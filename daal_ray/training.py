@@ -157,7 +157,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if head is None:
-            loss = F.cross_entropy(model(x), y, ignore_index=255)
+            # The mean over non-void targets; a batch whose pixels are all void (255) gives
+            # 0, not NaN (and still runs backward, so DDP ranks stay in step).
+            loss = F.cross_entropy(model(x), y, ignore_index=255, reduction="sum") / (y != 255).sum().clamp(min=1)
         else:
             logits, out = model(x, detach)
             sample_loss = per_sample_loss(logits, y)

@@ -99,7 +99,8 @@ def plan_experiments(*, dataset: Optional[str] = None, strategies: Optional[Sequ
     base_acq = dict(base.pop("acquisition", {}))
     dataset = dataset or base_data.get("name", "digits")
     strategies = list(strategies or [base_acq.get("strategy", "random")])
-    recipe = get_dataset_class(dataset).default_train().to_dict()
+    dataset_cls = get_dataset_class(dataset)
+    recipe = dataset_cls.default_train().to_dict()
     recipe.update(base.pop("train", {}))
     recipe.update(train or {})
     data_cfg = DataConfig.from_dict({**base_data, "name": dataset, **(data or {})})
@@ -115,7 +116,10 @@ def plan_experiments(*, dataset: Optional[str] = None, strategies: Optional[Sequ
         acq = AcquisitionConfig(strategy=strategy, params=params)
         for seed in seeds:
             for budget in budgets:
-                cfg = ExperimentConfig.from_dict({**base, **(protocol or {}), "seed": seed, "budget": budget})
+                # The metric follows the task (mIoU for segmentation) unless base or protocol name one.
+                metric = "miou" if getattr(dataset_cls, "task", "") == "segmentation" else "accuracy"
+                cfg = ExperimentConfig.from_dict({"metric": metric, **base, **(protocol or {}), "seed": seed,
+                                                  "budget": budget})
                 cfg = dataclasses.replace(cfg, data=data_cfg, train=train_cfg, acquisition=acq, scale=scale_cfg)
                 configs.append(cfg.replace(name=experiment_name(cfg, variant)))
     names = [c.name for c in configs]

@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Local Ray instances of the suite (and of the jobs it starts) run without the dashboard:
+# it costs start-up time and CPU on small machines. tests/test_cluster.py starts a head with it.
+os.environ.setdefault("DAAL_RAY_DASHBOARD", "0")
 
 
 @pytest.fixture(scope="session")

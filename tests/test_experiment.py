@@ -237,3 +237,24 @@ def test_sequential_experiments_share_one_worker_group(ray_session, tiny_config,
     a, b = (_state(tmp_path, c) for c in configs)
     assert np.array_equal(a.ids_of_cycle(0), b.ids_of_cycle(0))
     assert len(list((tmp_path / "ray_train").glob("group-*"))) == 1
+
+
+def test_cycle_checkpoint_is_reused_only_with_the_joint_head_the_strategy_needs(tiny_config, tmp_path):
+    """A checkpoint trained without Learning Loss's head is not reused for Learning Loss."""
+    from daal_ray.driver import open_dataset, resolve_config, train_cycle_model
+
+    plain = resolve_config(tiny_config("random"))
+    ll = resolve_config(tiny_config("learning_loss"))
+    dataset = open_dataset(plain.data)
+    labeled = np.sort(dataset.sample_ids("train")[:60])
+    labels = dataset.targets("train", labeled)
+    ckpt = tmp_path / "cycle_000"
+    _, _, stats = train_cycle_model(plain, dataset, labeled, labels, 0, ckpt, torch.device("cpu"))
+    assert stats is not None and stats.head is None
+    _, _, again = train_cycle_model(plain, dataset, labeled, labels, 0, ckpt, torch.device("cpu"))
+    assert again is None, "same labels, no head needed: the checkpoint is reused"
+    _, _, with_head = train_cycle_model(ll, dataset, labeled, labels, 0, ckpt, torch.device("cpu"))
+    assert with_head is not None and with_head.head is not None, "retrained with the head"
+    assert (ckpt / with_head.head.checkpoint_file).is_file()
+    _, _, reused = train_cycle_model(ll, dataset, labeled, labels, 0, ckpt, torch.device("cpu"))
+    assert reused is None

@@ -146,3 +146,27 @@ def test_checkpoints_are_tensor_state_dicts_and_pickled_objects_are_refused(tmp_
     torch.save({"weight": torch.zeros(2), "extra": _Payload()}, bad)
     with pytest.raises(DataError, match="holds more than tensors"):
         load_state_dict(bad)
+
+
+def test_a_batch_of_only_void_pixels_trains_to_a_zero_loss_not_nan():
+    """The plain training step averages over non-void targets: all-void gives 0 and finite weights,
+    and otherwise it equals the usual mean cross-entropy."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from daal_ray.training import train_one_epoch
+
+    torch.manual_seed(0)
+    model = build_model("seg_small", num_classes=19, in_channels=3)
+    x = torch.randn(2, 3, 16, 32)
+    void = torch.full((2, 16, 32), 255, dtype=torch.int64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss, steps = train_one_epoch(model, DataLoader(TensorDataset(x, void), batch_size=2), opt, torch.device("cpu"))
+    assert steps == 1 and loss == 0.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    y = torch.randint(0, 19, (2, 16, 32))
+    y[0, :8] = 255
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(model(x), y, ignore_index=255))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss, _ = train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=2), opt, torch.device("cpu"))
+    assert loss == pytest.approx(expected, rel=1e-5)

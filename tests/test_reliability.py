@@ -175,7 +175,7 @@ def test_train_worker_killed_resumes_from_the_cycle_checkpoints(ray_session, tin
 
     with contextlib.ExitStack() as stack:
         item = driver_mod._open_experiment(cfg, tmp_path / "runs", stack)
-        driver_mod._fit(loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
+        driver_mod.run_on_worker_group(loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
 
     assert marker.exists(), "the worker was not killed"
     fits = [line.split() for line in log.read_text().splitlines()]
@@ -319,6 +319,20 @@ def test_torn_state_without_a_good_previous_generation_is_refused_naming_both(tm
     with pytest.raises(PoolStateError, match="no previous generation"):
         load_last_good(path)
     assert not list(tmp_path.glob("*.torn-*")), "nothing is moved when nothing can be loaded"
+
+
+def test_aldriver_on_an_unloadable_state_raises_the_pool_state_error_itself(ray_session, tmp_path):
+    """Through Ray: the ALDriver's constructor fails, and the caller sees the PoolStateError
+    naming both files, not Ray's ActorDiedError."""
+    from daal_ray.driver import start_driver
+
+    path, _ = _saved_generations(tmp_path)
+    prev = path.with_name(path.name + ".prev")
+    path.write_bytes(path.read_bytes()[:40])
+    prev.write_bytes(prev.read_bytes()[:-3])
+    with pytest.raises(PoolStateError) as ei:
+        start_driver(tmp_path, "r", np.arange(50, dtype=np.int64))
+    assert str(path) in str(ei.value) and str(prev) in str(ei.value)
 
 
 def test_a_foreign_state_is_not_mistaken_for_a_torn_one(tmp_path):
@@ -474,6 +488,11 @@ def test_local_ray_keeps_the_dashboard_on_localhost(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(runtime.DASHBOARD_ENV, raising=False)
     runtime.init_ray(num_cpus=2)
     assert seen["dashboard_host"] == "127.0.0.1" and "address" not in seen
+    assert seen["include_dashboard"] is True, "on by default"
+    monkeypatch.setenv(runtime.DASHBOARD_ENV, "0")
+    runtime.init_ray(num_cpus=2)
+    assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
 

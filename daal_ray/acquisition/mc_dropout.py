@@ -11,7 +11,9 @@ not T backbone passes; the task models train without that dropout (the usual rec
 post-hoc MC dropout baselines when the model has none), so ``dropout`` is an
 inference-time setting. With ``dropout = 0`` every pass is the deterministic head and the
 scores equal the ``entropy`` strategy's exactly. The masks are seeded per experiment,
-cycle and batch, so a rerun repeats them.
+cycle and batch, so a rerun repeats them. For segmentation the dropout falls on the map
+the 1 x 1 head reads, each pass is that head plus the upsampling, and the score is the
+mean pixel entropy of the mean softmax (the predictor's ``entropy`` column).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from daal_ray.acquisition.base import Strategy, register_strategy
-from daal_ray.acquisition.entropy import predictive_entropy
+from daal_ray.acquisition.entropy import sample_entropy
 from daal_ray.config import _check, _Config
 
 
@@ -59,4 +61,4 @@ class MCDropoutStrategy(Strategy):
                 "mc_seed": derive_seed(self.seed, self.cycle, 0x3C)}
 
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        return predictive_entropy(batch["probs"])
+        return sample_entropy(batch)

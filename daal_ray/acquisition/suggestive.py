@@ -6,8 +6,13 @@ Two stages, both on the task model's penultimate features:
    bootstrap resamples of the labeled features and their labels (the paper bootstraps
    whole FCNs; heads on the shared features keep the cost of a cycle small). A sample's
    uncertainty is the variance of the members' class probabilities, averaged over the
-   classes. The ``candidates`` most uncertain unlabeled samples (default 2K) are kept,
-   through the same exact streaming top-K as every score-based strategy.
+   classes. For segmentation (dense targets, no per-image label) each head predicts an
+   image's class composition, the share of its non-void pixels in each class
+   (:meth:`~daal_ray.data.base.PoolDataset.class_frequencies`, read from the labeled
+   masks), with a soft-target cross-entropy; the uncertainty is the members'
+   disagreement about that composition. The ``candidates`` most uncertain unlabeled
+   samples (default 2K) are kept, through the same exact streaming top-K as every
+   score-based strategy.
 2. **Representativeness.** From the candidates, K are picked by greedy max-cover
    (facility location): maximise ``sum_x max_{s in S} sim(s, x)`` over the candidates
    ``x``, with ``sim`` the cosine similarity of features (negative similarity counts as
@@ -75,14 +80,17 @@ def fit_bootstrap_heads(x: np.ndarray, y: np.ndarray, num_classes: int, params: 
                         device: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Fit ``params.ensemble_size`` softmax-regression heads, each on a bootstrap resample.
 
-    Returns ``(weights [E, d, C], biases [E, C])`` as float32 NumPy arrays. The heads start
-    at zero and differ only through their resamples, so the ensemble is deterministic.
+    ``y`` is one class per row ``[n]`` (int) or a target distribution per row ``[n, C]``
+    (float, soft-target cross-entropy). Returns ``(weights [E, d, C], biases [E, C])`` as
+    float32 NumPy arrays. The heads start at zero and differ only through their resamples,
+    so the ensemble is deterministic.
     """
     n, d = x.shape
     rng = np.random.default_rng(seed)
     idx = torch.as_tensor(rng.integers(0, n, size=(params.ensemble_size, n)), device=device)
     xt = torch.as_tensor(x, dtype=torch.float32, device=device)
-    yt = torch.as_tensor(y, dtype=torch.int64, device=device)
+    soft = np.ndim(y) == 2
+    yt = torch.as_tensor(y, dtype=torch.float32 if soft else torch.int64, device=device)
     xb, yb = xt[idx], yt[idx]  # [E, n, d], [E, n]
     w = torch.zeros(params.ensemble_size, d, num_classes, device=device, requires_grad=True)
     b = torch.zeros(params.ensemble_size, num_classes, device=device, requires_grad=True)
@@ -90,7 +98,8 @@ def fit_bootstrap_heads(x: np.ndarray, y: np.ndarray, num_classes: int, params: 
     for _ in range(params.epochs):
         opt.zero_grad(set_to_none=True)
         logits = torch.bmm(xb, w) + b[:, None, :]
-        loss = F.cross_entropy(logits.reshape(-1, num_classes), yb.reshape(-1)) * params.ensemble_size
+        target = yb.reshape(-1, num_classes) if soft else yb.reshape(-1)
+        loss = F.cross_entropy(logits.reshape(-1, num_classes), target) * params.ensemble_size
         loss.backward()
         opt.step()
     return w.detach().cpu().numpy(), b.detach().cpu().numpy()
@@ -158,11 +167,15 @@ class SuggestiveStrategy(Strategy):
     trains = True
 
     def fit(self, ctx: FitContext) -> None:
-        """Fit the bootstrapped heads on the labeled features (streamed; only labeled rows kept)."""
+        """Fit the bootstrapped heads on the labeled features (streamed; only labeled rows kept).
+
+        The targets are ``ctx.labeled_labels``; without them (dense targets) each labeled
+        image's class composition, read from its mask through the experiment's dataset."""
         from daal_ray.training import derive_seed
 
-        if ctx.labeled_ids is None or ctx.labeled_labels is None:
-            raise DataError("suggestive annotation needs the labels of the labeled samples (classification only)")
+        if ctx.labeled_ids is None or (ctx.labeled_labels is None and ctx.config is None):
+            raise DataError("suggestive annotation needs the labeled ids and their labels (or, for segmentation, "
+                            "the experiment's config to read their masks)")
         ids_parts, x_parts = [], []
         for batch in iter_feature_batches(ctx.features, ("sample_id", "labeled", "features")):
             lab = np.asarray(batch["labeled"], dtype=bool)
@@ -173,12 +186,19 @@ class SuggestiveStrategy(Strategy):
         pos = np.searchsorted(labeled_ids, ids)
         if ids.size != labeled_ids.size or not np.array_equal(labeled_ids[np.minimum(pos, labeled_ids.size - 1)], ids):
             raise DataError("the labeled rows of the features do not match the labeled ids of the pool state")
-        y = np.asarray(ctx.labeled_labels, np.int64)[pos]
+        if ctx.labeled_labels is not None:
+            y = np.asarray(ctx.labeled_labels, np.int64)[pos]
+            num_classes = int(y.max()) + 1
+        else:
+            from daal_ray.driver import open_dataset  # cached per process
+
+            y = open_dataset(ctx.config.data).class_frequencies("train", ids)
+            num_classes = y.shape[1]
         # Standardised with the labeled statistics, which scoring reuses.
         self.mean = x.mean(axis=0)
         self.std = x.std(axis=0) + 1e-6
         self.weights, self.biases = fit_bootstrap_heads(
-            (x - self.mean) / self.std, y, int(y.max()) + 1, self.params, seed=derive_seed(self.seed, self.cycle, 0x5A),
+            (x - self.mean) / self.std, y, num_classes, self.params, seed=derive_seed(self.seed, self.cycle, 0x5A),
             device=ctx.device)
 
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:

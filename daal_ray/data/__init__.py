@@ -9,7 +9,8 @@ from daal_ray.data.base import (
     get_dataset_class,
     register_dataset,
 )
-from daal_ray.data import cifar, digits, imagefolder  # noqa: F401  (registration)
+from daal_ray.data import cifar, cityscapes, digits, imagefolder  # noqa: F401  (registration)
+from daal_ray.data import manifest  # noqa: F401  (registration: labeling projects)
 
 __all__ = [
     "PoolDataset",

@@ -27,7 +27,8 @@ class PoolDataset(abc.ABC):
 
     Subclasses set the class attributes and implement the three abstract methods.
     ``images`` returns normalised float tensors ``[n, C, H, W]``; ``targets`` returns one
-    int64 class per sample for classification.
+    int64 class per sample for classification, an int64 mask ``[n, H, W]`` per sample for
+    segmentation (255 = void, ignored by the loss and the metric).
     """
 
     name: str = ""
@@ -52,6 +53,25 @@ class PoolDataset(abc.ABC):
     def default_train(cls) -> TrainConfig:
         """The training recipe used when the user does not override it."""
         return TrainConfig(model=cls.default_model)
+
+    def class_frequencies(self, split: Split, ids: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """Each sample's class composition, float64 ``[n, num_classes]``, rows summing to 1.
+
+        A one-hot row per label for classification; for segmentation the share of the
+        image's non-void pixels (255 is void) in each class, a row of zeros if all are void.
+        Targets are read ``chunk`` samples at a time.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        c = self.num_classes
+        out = np.zeros((ids.size, c), dtype=np.float64)
+        for start in range(0, ids.size, chunk):
+            t = np.asarray(self.targets(split, ids[start:start + chunk]), dtype=np.int64)
+            t = t.reshape(t.shape[0], -1)
+            keep = t != 255 if self.task == "segmentation" else np.ones(t.shape, dtype=bool)
+            rows = np.broadcast_to(np.arange(t.shape[0])[:, None], t.shape)
+            counts = np.bincount((rows * c + t)[keep], minlength=t.shape[0] * c).reshape(t.shape[0], c)
+            out[start:start + t.shape[0]] = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        return out
 
     def torch_dataset(self, split: Split, ids: np.ndarray, targets: np.ndarray | None = None) -> TorchDataset:
         """A map-style torch dataset over ``ids`` yielding ``(image, target)``.

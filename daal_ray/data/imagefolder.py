@@ -44,6 +44,18 @@ def load_image(path: Path, size: int) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
+def verify_image(path: Path) -> None:
+    """Check that ``path`` is a readable image (its header and structure, without decoding
+    the pixels); ``DataError`` naming the file if not."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"unreadable image {path}: {exc}") from exc
+
+
 @register_dataset("imagefolder")
 class ImageFolderDataset(PoolDataset):
     """Your own images in a folder tree: ROOT/train/<class>/*, ROOT/test/<class>/*."""
@@ -71,8 +83,6 @@ class ImageFolderDataset(PoolDataset):
             self._files[split] = self._scan(split)
 
     def _scan(self, split: str) -> tuple[np.ndarray, list[Path], np.ndarray]:
-        from PIL import Image, UnidentifiedImageError
-
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise DataError(f"{split_dir} is missing: imagefolder expects ROOT/{split}/<class>/")
@@ -84,11 +94,7 @@ class ImageFolderDataset(PoolDataset):
             for f in sorted(class_dir.rglob("*")):
                 if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                try:
-                    with Image.open(f) as im:
-                        im.verify()
-                except (OSError, UnidentifiedImageError, ValueError) as exc:
-                    raise DataError(f"unreadable image {f}: {exc}") from exc
+                verify_image(f)
                 rel = f.relative_to(self.root).as_posix()
                 entries.append((path_sample_id(rel), f, index[class_dir.name]))
         if not entries:

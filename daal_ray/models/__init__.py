@@ -9,6 +9,6 @@ from daal_ray.models.base import (
     model_names,
     register_model,
 )
-from daal_ray.models import small, wrn  # noqa: F401  (registration)
+from daal_ray.models import segmentation, small, wrn  # noqa: F401  (registration)
 
 __all__ = ["JointHead", "TaskModel", "build_model", "check_model_name", "model_descriptions", "model_names", "register_model"]

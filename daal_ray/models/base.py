@@ -27,6 +27,8 @@ class TaskModel(nn.Module):
 
     feature_dim: int
     tap_channels: tuple[int, ...] = ()
+    # What the logits score: one class per image, or one per pixel (PoolDataset.task).
+    task: ClassVar[str] = "classification"
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -38,9 +40,17 @@ class TaskModel(nn.Module):
                                   f"(forward_taps); pick a model that does, e.g. small_cnn or wrn28_2")
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from penultimate ``features``: the classifier head alone, so that
-        ``classify(forward_features(x)[0]) == forward_features(x)[1]`` (MC dropout reruns it)."""
+        """Logits from the head's input (``forward_head_input(x)[0]``): the classifier head
+        alone, so that ``classify(forward_head_input(x)[0]) == forward_head_input(x)[2]``
+        (MC dropout reruns it)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its classifier head (classify)")
+
+    def forward_head_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(head input, features, logits)``: what :meth:`classify` reads, then what
+        ``forward_features`` returns. For a classifier the head reads the penultimate
+        features themselves (the default); a segmentation model's head reads a feature map."""
+        features, logits = self.forward_features(x)
+        return features, features, logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[1]

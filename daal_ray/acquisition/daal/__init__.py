@@ -54,10 +54,13 @@ class DAALStrategy(Strategy):
     trains = True
 
     def fit(self, ctx: FitContext) -> None:
+        from daal_ray.streaming import fit_features
         from daal_ray.training import derive_seed, world
 
         rank, size = world()
-        xl, xu = features_by_labeled(ctx.features, rank, size)
+        # Every labeled feature and a bounded, seeded sample of unlabeled ones, streamed:
+        # no rank gathers the pool (pools within max_fit_unlabeled are read whole).
+        xl, xu = fit_features(ctx.features, self.params.max_fit_unlabeled, self.fit_sample_key(), rank, size)
         ckpt = Path(ctx.run_dir) / "checkpoints" / f"cycle_{ctx.cycle:03d}" / "daal.pt" if ctx.run_dir else None
         nets, self.history = train_daal(xl, xu, self.params, seed=derive_seed(self.seed, self.cycle, 0xDAA1),
                                         device=ctx.device or torch.device("cpu"), checkpoint=ckpt,
@@ -65,6 +68,12 @@ class DAALStrategy(Strategy):
         self.feature_dim = xu.shape[1]
         self.score_state = {k: v.detach().cpu() for k, v in nets.score.state_dict().items()}
         self._net = None
+
+    def fit_sample_key(self) -> int:
+        """Hash key of this cycle's bounded unlabeled sample (one per seed and cycle)."""
+        from daal_ray.training import derive_seed
+
+        return derive_seed(self.seed, self.cycle, 0xF17)
 
     def _score_net(self) -> ScoreNet:
         net = getattr(self, "_net", None)

@@ -86,6 +86,13 @@ class DAALParams(_Config):
             the discriminators move: the posterior collapses to the prior, every sample
             gets the same reconstruction and the discriminators see no difference between
             samples to rate (measured in BENCHMARKS.md).
+        max_fit_unlabeled: most unlabeled features the fit reads (0 = all): every labeled
+            feature plus a uniform sample of this many unlabeled ones, the smallest
+            ``hash_uniform(sample_id)`` values (deterministic per seed and cycle, streamed
+            in O(max_fit_unlabeled x d) memory; :func:`daal_ray.streaming.fit_features`).
+            100,000 by default: 51 MB of 128-d features, and one epoch (with the labeled
+            ones) took 66 s on one CPU thread in the 10-million-sample run of BENCHMARKS.md,
+            where the whole pool would be 5 GB on every rank. Pools with fewer unlabeled samples are read whole, exactly as before.
     """
 
     epochs: int = 30
@@ -114,6 +121,7 @@ class DAALParams(_Config):
     w_length: float = 1.0
     w_dpp: float = 1.0
     w_feature_recon: float = 1.0
+    max_fit_unlabeled: int = 100_000
 
     def validate(self) -> None:
         _check(self.epochs >= 1, f"daal epochs must be >= 1, got {self.epochs}")
@@ -127,6 +135,7 @@ class DAALParams(_Config):
         _check(len(self.disc_hidden) == 4, "daal disc_hidden takes 4 widths (the discriminators are 5-layer MLPs)")
         _check(len(self.vae_hidden) == 6, "daal vae_hidden takes 6 widths (encoder and decoder are 7-layer MLPs)")
         _check(self.latent_dim >= 1, "daal latent_dim must be >= 1")
+        _check(self.max_fit_unlabeled >= 0, f"daal max_fit_unlabeled must be >= 0 (0 = all), got {self.max_fit_unlabeled}")
 
 
 class DAALNets(nn.Module):
