@@ -56,8 +56,48 @@ def verify_image(path: Path) -> None:
         raise DataError(f"unreadable image {path}: {exc}") from exc
 
 
+class FileListDataset(PoolDataset):
+    """Images decoded on access from a file list per split: subclasses fill ``self._files``
+    (``split -> (ids sorted int64, paths, labels)``) and set ``self.size``.
+
+    Images are RGB, resized to ``size`` squared and normalised to [-1, 1].
+    """
+
+    _files: dict[str, tuple[np.ndarray, list[Path], np.ndarray]]
+    size: int
+
+    def _rows(self, split: str, ids: np.ndarray) -> np.ndarray:
+        self._check_split(split)
+        all_ids = self._files[split][0]
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(all_ids, ids), max(len(all_ids) - 1, 0))
+        if all_ids.size == 0 or np.any(all_ids[pos] != ids):
+            bad = ids if all_ids.size == 0 else ids[all_ids[pos] != ids]
+            raise DataError(f"{self.name}: sample ids {bad[:5].tolist()} are not in split {split}")
+        return pos
+
+    def sample_ids(self, split: Split) -> np.ndarray:
+        self._check_split(split)
+        return self._files[split][0].copy()
+
+    def paths(self, split: Split, ids: np.ndarray) -> list[Path]:
+        """The image files of ``ids``, in their order."""
+        files = self._files[split][1]
+        return [files[i] for i in self._rows(split, ids)]
+
+    def images(self, split: Split, ids: np.ndarray) -> torch.Tensor:
+        arr = np.stack([load_image(p, self.size) for p in self.paths(split, ids)]) if len(ids) else \
+            np.zeros((0, 3, self.size, self.size), np.uint8)
+        return torch.from_numpy(arr).float().div_(127.5).sub_(1.0)
+
+    def targets(self, split: Split, ids: np.ndarray) -> np.ndarray:
+        return self._files[split][2][self._rows(split, ids)].copy()
+
+
 @register_dataset("imagefolder")
-class ImageFolderDataset(PoolDataset):
+class ImageFolderDataset(FileListDataset):
     """Your own images in a folder tree: ROOT/train/<class>/*, ROOT/test/<class>/*."""
 
     name = "imagefolder"
@@ -104,28 +144,3 @@ class ImageFolderDataset(PoolDataset):
         if np.any(ids[1:] == ids[:-1]):
             raise DataError(f"two files under {split_dir} hash to one sample id; rename one of them")
         return ids, [e[1] for e in entries], np.array([e[2] for e in entries], dtype=np.int64)
-
-    def _rows(self, split: str, ids: np.ndarray) -> np.ndarray:
-        self._check_split(split)
-        all_ids = self._files[split][0]
-        ids = np.asarray(ids, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(all_ids, ids), len(all_ids) - 1)
-        if ids.size and np.any(all_ids[pos] != ids):
-            raise DataError(f"imagefolder: sample ids {ids[all_ids[pos] != ids][:5].tolist()} are not in split {split}")
-        return pos
-
-    def sample_ids(self, split: Split) -> np.ndarray:
-        self._check_split(split)
-        return self._files[split][0].copy()
-
-    def paths(self, split: Split, ids: np.ndarray) -> list[Path]:
-        files = self._files[split][1]
-        return [files[i] for i in self._rows(split, ids)]
-
-    def images(self, split: Split, ids: np.ndarray) -> torch.Tensor:
-        arr = np.stack([load_image(p, self.size) for p in self.paths(split, ids)]) if len(ids) else \
-            np.zeros((0, 3, self.size, self.size), np.uint8)
-        return torch.from_numpy(arr).float().div_(127.5).sub_(1.0)
-
-    def targets(self, split: Split, ids: np.ndarray) -> np.ndarray:
-        return self._files[split][2][self._rows(split, ids)].copy()

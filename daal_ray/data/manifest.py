@@ -19,11 +19,10 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from daal_ray.config import DataConfig
-from daal_ray.data.base import SPLITS, PoolDataset, Split, register_dataset
-from daal_ray.data.imagefolder import load_image
+from daal_ray.data.base import SPLITS, register_dataset
+from daal_ray.data.imagefolder import FileListDataset
 from daal_ray.errors import DataError
 
 MANIFEST_FILE = "images.parquet"
@@ -73,8 +72,12 @@ def read_manifest(root: Path) -> tuple[pa.Table, list[str]]:
 
 
 @register_dataset("manifest")
-class ManifestDataset(PoolDataset):
-    """Images listed in ROOT/images.parquet (a labeling project made by `daal-ray init`)."""
+class ManifestDataset(FileListDataset):
+    """Images listed in ROOT/images.parquet (a labeling project made by `daal-ray init`).
+
+    ``targets`` serves the labels fixed at ``init``: the test split's; -1 for pool images,
+    whose labels are in the project's pool state.
+    """
 
     name = "manifest"
     in_channels = 3
@@ -98,34 +101,3 @@ class ManifestDataset(PoolDataset):
             self._files[name] = (ids[order], [Path(paths[i]) for i in order], labels[order])
         if self._files["train"][0].size == 0:
             raise DataError(f"{self.root / MANIFEST_FILE} lists no pool (train) images")
-
-    def _rows(self, split: str, ids: np.ndarray) -> np.ndarray:
-        self._check_split(split)
-        all_ids = self._files[split][0]
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(all_ids, ids), max(len(all_ids) - 1, 0))
-        if all_ids.size == 0 or np.any(all_ids[pos] != ids):
-            bad = ids if all_ids.size == 0 else ids[all_ids[pos] != ids]
-            raise DataError(f"manifest: sample ids {bad[:5].tolist()} are not in split {split}")
-        return pos
-
-    def sample_ids(self, split: Split) -> np.ndarray:
-        self._check_split(split)
-        return self._files[split][0].copy()
-
-    def paths(self, split: Split, ids: np.ndarray) -> list[Path]:
-        """The image files of ``ids``, in their order."""
-        files = self._files[split][1]
-        return [files[i] for i in self._rows(split, ids)]
-
-    def images(self, split: Split, ids: np.ndarray) -> torch.Tensor:
-        arr = np.stack([load_image(p, self.size) for p in self.paths(split, ids)]) if len(ids) else \
-            np.zeros((0, 3, self.size, self.size), np.uint8)
-        return torch.from_numpy(arr).float().div_(127.5).sub_(1.0)
-
-    def targets(self, split: Split, ids: np.ndarray) -> np.ndarray:
-        """Labels fixed at ``init`` (the test split's); -1 for pool images, whose labels
-        are in the project's pool state."""
-        return self._files[split][2][self._rows(split, ids)].copy()
