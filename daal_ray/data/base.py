@@ -22,6 +22,19 @@ Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
 
 
+def id_rows(sorted_ids: np.ndarray, ids: np.ndarray, where: str, split: str) -> np.ndarray:
+    """Positions of ``ids`` in ``sorted_ids`` (a split's ids, sorted); ``DataError`` naming
+    up to five ids that are not there (``where``: the dataset, for the message)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+    if sorted_ids.size == 0 or np.any(sorted_ids[pos] != ids):
+        bad = ids if sorted_ids.size == 0 else ids[sorted_ids[pos] != ids]
+        raise DataError(f"{where}: sample ids {bad[:5].tolist()} are not in split {split}")
+    return pos
+
+
 class PoolDataset(abc.ABC):
     """One dataset: ids, images and targets of its ``train`` and ``test`` splits.
 

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from daal_ray.config import DataConfig, TrainConfig
-from daal_ray.data.base import PoolDataset, Split, register_dataset
+from daal_ray.data.base import PoolDataset, Split, id_rows, register_dataset
 from daal_ray.data.imagefolder import path_sample_id
 from daal_ray.errors import DataError
 
@@ -202,12 +202,7 @@ class CityscapesDataset(PoolDataset):
 
     def _rows(self, split: str, ids: np.ndarray) -> np.ndarray:
         self._check_split(split)
-        all_ids = self._files[split][0]
-        ids = np.asarray(ids, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(all_ids, ids), len(all_ids) - 1)
-        if ids.size and np.any(all_ids[pos] != ids):
-            raise DataError(f"cityscapes: sample ids {ids[all_ids[pos] != ids][:5].tolist()} are not in split {split}")
-        return pos
+        return id_rows(self._files[split][0], ids, "cityscapes", split)
 
     # ------------------------------------------------------------------ PoolDataset
     def sample_ids(self, split: Split) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from daal_ray.config import DataConfig
-from daal_ray.data.base import PoolDataset, Split, register_dataset
+from daal_ray.data.base import PoolDataset, Split, id_rows, register_dataset
 from daal_ray.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -68,15 +68,7 @@ class FileListDataset(PoolDataset):
 
     def _rows(self, split: str, ids: np.ndarray) -> np.ndarray:
         self._check_split(split)
-        all_ids = self._files[split][0]
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(all_ids, ids), max(len(all_ids) - 1, 0))
-        if all_ids.size == 0 or np.any(all_ids[pos] != ids):
-            bad = ids if all_ids.size == 0 else ids[all_ids[pos] != ids]
-            raise DataError(f"{self.name}: sample ids {bad[:5].tolist()} are not in split {split}")
-        return pos
+        return id_rows(self._files[split][0], ids, self.name, split)
 
     def sample_ids(self, split: Split) -> np.ndarray:
         self._check_split(split)
