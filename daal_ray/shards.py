@@ -67,6 +67,15 @@ def _vector_width(tp: pa.DataType) -> Optional[int]:
     return None
 
 
+def _footer(path: str) -> tuple[pq.FileMetaData, pa.Schema]:
+    """The parquet footer of ``path`` and its arrow schema; ``DataError`` naming the shard."""
+    try:
+        meta = pq.read_metadata(path)
+        return meta, meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"shard {path} is not a readable parquet file: {exc}") from exc
+
+
 def inspect_feature_shards(paths: Sequence[str]) -> PoolSchema:
     """Check every shard's schema (footers only, no data) and find the feature width.
 
@@ -76,11 +85,7 @@ def inspect_feature_shards(paths: Sequence[str]) -> PoolSchema:
     """
     dim, has_label, has_probs, rows = None, None, None, 0
     for path in paths:
-        try:
-            meta = pq.read_metadata(path)
-            schema = meta.schema.to_arrow_schema()
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DataError(f"shard {path} is not a readable parquet file: {exc}") from exc
+        meta, schema = _footer(path)
         rows += meta.num_rows
         missing = [c for c in ("sample_id", "features") if c not in schema.names]
         if missing:
@@ -115,11 +120,7 @@ def inspect_id_shards(paths: Sequence[str]) -> int:
     """Check that every shard has an integer ``sample_id``; return the row count."""
     rows = 0
     for path in paths:
-        try:
-            meta = pq.read_metadata(path)
-            schema = meta.schema.to_arrow_schema()
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DataError(f"shard {path} is not a readable parquet file: {exc}") from exc
+        meta, schema = _footer(path)
         if "sample_id" not in schema.names or not pa.types.is_integer(schema.field("sample_id").type):
             raise DataError(f"shard {path} needs an integer sample_id column; it has {', '.join(schema.names)}")
         rows += meta.num_rows
