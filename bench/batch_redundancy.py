@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daal_ray.driver import open_dataset, resolve_config
+from daal_ray.config import resolve_config
+from daal_ray.data import open_dataset
+from daal_ray.diagnostics import batch_redundancy
 from daal_ray.models import build_model
-from daal_ray.report import batch_redundancy
 from daal_ray.training import load_state_dict
 from daal_ray.tuning import plan_experiments
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from daal_ray.acquisition.daal.fit import DAALParams, train_daal
+from daal_ray.runtime import init_ray, world
 
 
 def _features(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -36,8 +37,6 @@ def _features(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loop(config: dict) -> None:
-    from daal_ray.training import world
-
     torch.set_num_threads(1)
     rank, size = world()
     xl, xu = _features(config["n"], config["d"])
@@ -65,7 +64,6 @@ def main() -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from daal_ray.runtime import init_ray
 
     init_ray()
     scratch = Path(tempfile.mkdtemp(prefix="daal-fit-bench-"))

@@ -2,7 +2,7 @@
 
 The pool is written as parquet shards (``sample_id``, ``features`` as a fixed-size list of
 float32) to a temporary folder (~5 GB; deleted at the end), then selected from exactly as
-a user would (:func:`daal_ray.streaming.select_from_features`): one streaming pass gathers
+a user would (:func:`daal_ray.scoring.select_from_features`): one streaming pass gathers
 every labeled feature and DAAL's bounded unlabeled sample (``max_fit_unlabeled``), DAAL is
 trained on them in this process, and a second pass scores every unlabeled row with the
 trained ScoreNet on Ray Data actors and merges the per-batch top-K.
@@ -37,6 +37,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from daal_ray.acquisition.daal import DAALParams, DAALStrategy
+from daal_ray.config import ScaleConfig
+from daal_ray.runtime import quiet_ray_data, setup_logging
+from daal_ray.scoring import select_from_features
 
 
 def write_pool(folder: Path, rows: int, dim: int, shards: int, seed: int = 0) -> None:
@@ -206,10 +211,6 @@ def main() -> int:
     import ray
     import torch
 
-    from daal_ray.acquisition.daal import DAALParams, DAALStrategy
-    from daal_ray.config import ScaleConfig
-    from daal_ray.runtime import quiet_ray_data, setup_logging
-    from daal_ray.streaming import select_from_features
 
     setup_logging()
     torch.set_num_threads(1)

@@ -5,9 +5,9 @@ Both score the same pool with the same task model and strategy and keep the exac
 * ``plain``: one process reads the id shards with pyarrow, and per batch loads the images,
   runs the model (``forward_features``), scores (entropy of the softmax) and merges the
   batch's top-K (``StreamingTopK``);
-* ``ray-N``: :func:`daal_ray.streaming.select_from_images`: ``ray.data.read_parquet`` over
+* ``ray-N``: :func:`daal_ray.scoring.select_from_images`: ``ray.data.read_parquet`` over
   the id shards, ``N`` actors that each run the model, score and cut their batch to its
-  top-K (:class:`~daal_ray.streaming.PredictScoreActor`), the exact merge in the driver.
+  top-K (:class:`~daal_ray.scoring.PredictScoreActor`), the exact merge in the driver.
 
 The pool is a CIFAR-10-shaped dataset written in the official python layout to a temporary
 folder (random uint8 images, 32x32x3; CIFAR itself is not downloaded), scored by
@@ -42,6 +42,16 @@ from pathlib import Path
 
 import numpy as np
 
+from daal_ray.acquisition import build_strategy
+from daal_ray.acquisition.entropy import predictive_entropy
+from daal_ray.config import AcquisitionConfig, DataConfig, ScaleConfig
+from daal_ray.data import get_dataset
+from daal_ray.models import build_model
+from daal_ray.runtime import init_ray, quiet_ray_data
+from daal_ray.scoring import select_from_images
+from daal_ray.selection import StreamingTopK, topk_arrays
+from daal_ray.training import load_state_dict
+
 
 def write_cifar_like(root: Path, train_batches: int, seed: int = 0) -> None:
     """Random images in CIFAR-10's python layout (``cifar-10-batches-py``)."""
@@ -71,11 +81,6 @@ def plain_loop(shards: Path, data, checkpoint: str, labeled: np.ndarray, k: int,
     import pyarrow.parquet as pq
     import torch
 
-    from daal_ray.acquisition.entropy import predictive_entropy
-    from daal_ray.data import get_dataset
-    from daal_ray.models import build_model
-    from daal_ray.selection import StreamingTopK, topk_arrays
-    from daal_ray.training import load_state_dict
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
@@ -97,10 +102,6 @@ def plain_loop(shards: Path, data, checkpoint: str, labeled: np.ndarray, k: int,
 
 def ray_pipeline(shards: Path, data, checkpoint: str, labeled: np.ndarray, k: int, batch_size: int,
                  threads: int, actors: int) -> tuple[np.ndarray, float]:
-    from daal_ray.acquisition import build_strategy
-    from daal_ray.config import AcquisitionConfig, ScaleConfig
-    from daal_ray.streaming import select_from_images
-
     scale = ScaleConfig(inference_batch_size=batch_size, inference_actors=actors, cpus_per_inference_actor=threads)
     strategy = build_strategy(AcquisitionConfig(strategy="entropy"), seed=0, cycle=0)
     t0 = time.perf_counter()
@@ -123,10 +124,6 @@ def main() -> int:
 
     import torch
 
-    from daal_ray.config import DataConfig
-    from daal_ray.data import get_dataset
-    from daal_ray.models import build_model
-    from daal_ray.runtime import init_ray, quiet_ray_data
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="pool-scoring-") as tmp:

@@ -35,6 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from daal_ray.acquisition import FitContext, build_strategy
+from daal_ray.acquisition.daal import ScoreNet
+from daal_ray.config import AcquisitionConfig
+from daal_ray.selection import gather_features, min_sq_distances
+
 BLOCK = 8192
 
 
@@ -72,10 +77,7 @@ def _pool(n: int, d: int, n_labeled: int, seed: int = 0) -> list[dict[str, np.nd
 def _child(strategy: str, n: int, d: int, k: int, n_labeled: int, coreset_picks: int, threads: int) -> dict:
     import torch
 
-    from daal_ray.acquisition import FitContext, build_strategy
-    from daal_ray.config import AcquisitionConfig
-
-    import daal_ray.inference  # noqa: F401  (loaded before timing, as in the cycle loop)
+    import daal_ray.scoring  # noqa: F401  (loaded before timing, as in the cycle loop)
 
     torch.set_num_threads(threads)
     blocks = _pool(n, d, n_labeled)
@@ -83,8 +85,6 @@ def _child(strategy: str, n: int, d: int, k: int, n_labeled: int, coreset_picks:
                      pool_ids=np.arange(n, dtype=np.int64), device=torch.device("cpu"))
     s = build_strategy(AcquisitionConfig(strategy=strategy), seed=0, cycle=0)
     if strategy == "daal":
-        from daal_ray.acquisition.daal import ScoreNet
-
         torch.manual_seed(0)
         s.feature_dim = d
         s.score_state = ScoreNet(d, s.params.score_hidden, s.params.dropout).state_dict()
@@ -107,7 +107,6 @@ def _child(strategy: str, n: int, d: int, k: int, n_labeled: int, coreset_picks:
     if strategy == "coreset":
         # The first step (distances to the labeled centres) timed on its own, after the
         # measured run so that its buffers do not count in the run's memory.
-        from daal_ray.selection import gather_features, min_sq_distances
 
         _, xl, _, xu = gather_features(blocks, n_labeled, n - n_labeled)
         t1, c1 = time.perf_counter(), time.process_time()

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from daal_ray.atomic_io import atomic_write_table
 from daal_ray.errors import PoolStateError
 
 logger = logging.getLogger(__name__)
@@ -394,41 +395,3 @@ def load_last_good(path: str | os.PathLike, run_id: Optional[str] = None) -> Poo
         state.save(path)  # path is gone, so .prev stays the good generation
         return state
 
-
-def atomic_write_table(table: pa.Table, path: Path, keep_previous: bool = False) -> None:
-    """Write ``table`` to ``path`` so that a reader sees the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if keep_previous and path.exists():
-            prev = path.with_name(path.name + ".prev")
-            prev_tmp = path.with_name(f".{prev.name}.tmp-{os.getpid()}")
-            try:
-                os.link(path, prev_tmp)
-            except OSError:  # file systems without hard links
-                import shutil
-
-                shutil.copy2(path, prev_tmp)
-            os.replace(prev_tmp, prev)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

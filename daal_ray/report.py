@@ -26,103 +26,20 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from daal_ray.acquisition import get_strategy_class
+from daal_ray.atomic_io import atomic_write, atomic_write_text
+from daal_ray.errors import ConfigError
 from daal_ray.results import RESULTS_FILE, SCHEMA, combine, conform, read_results
-
-if TYPE_CHECKING:
-    import torch
-
-    from daal_ray.config import ExperimentConfig
-    from daal_ray.data.base import PoolDataset
 
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 FRACTION_DECIMALS = 4
-
-
-# ====================================================================== batch redundancy
-def mean_pairwise_cosine(sum_unit: np.ndarray, sum_sq_norm: float, k: int) -> float:
-    """Mean cosine similarity over the ``k (k - 1)`` ordered pairs of distinct rows, from
-    streaming sums: ``sum_unit`` = the sum of the unit-normalised rows, ``sum_sq_norm`` =
-    the sum of their squared norms (1 per row, 0 for an all-zero row).
-
-    Uses ``sum_{i != j} u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2``: no ``k x k`` matrix.
-    NaN for fewer than two rows.
-    """
-    if k < 2:
-        return float("nan")
-    return float((np.dot(sum_unit, sum_unit) - sum_sq_norm) / (k * (k - 1)))
-
-
-def class_entropy(labels: np.ndarray, num_classes: int) -> float:
-    """Entropy of the class histogram of ``labels``, divided by ``log(num_classes)``: 1 = the
-    batch spreads evenly over every class, 0 = one class only. NaN without labels."""
-    labels = np.asarray(labels).reshape(-1)
-    if labels.size == 0 or num_classes < 2:
-        return float("nan")
-    p = np.bincount(labels.astype(np.int64), minlength=num_classes) / labels.size
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum() / math.log(num_classes))
-
-
-def distribution_entropy(p: np.ndarray) -> float:
-    """Entropy of a class distribution ``p`` (renormalised), divided by ``log(len(p))``;
-    NaN if it has no mass."""
-    p = np.asarray(p, dtype=np.float64).reshape(-1)
-    num_classes, total = p.size, p.sum()
-    if num_classes < 2 or not total > 0:
-        return float("nan")
-    p = p[p > 0] / total
-    return float(-(p * np.log(p)).sum() / math.log(num_classes))
-
-
-def batch_redundancy(cfg: ExperimentConfig, dataset: PoolDataset, ids: np.ndarray, checkpoint: str | Path,
-                     device: Optional[torch.device] = None) -> dict[str, float]:
-    """Redundancy of one selected batch, for its results row.
-
-    The features are the cycle model's (the checkpoint the strategy scored with), computed
-    here for the ``K`` selected ids only, in chunks of ``scale.inference_batch_size``, so
-    every strategy gets them, random included (it skips the pool-wide inference) and no
-    second pass over the pool is made. Memory is O(chunk + feature width).
-
-    Returns:
-        ``batch_cosine``: mean pairwise cosine similarity of the features (1 = identical
-        directions; higher = more redundant); ``batch_class_entropy``: normalised entropy
-        of the batch's oracle classes (for dense targets, of the batch's mean class
-        composition: the per-image shares of non-void pixels, averaged over the batch).
-    """
-    import torch
-
-    from daal_ray.models import build_model
-    from daal_ray.training import load_state_dict
-
-    ids = np.asarray(ids, dtype=np.int64)
-    device = device or torch.device("cpu")
-    model = build_model(cfg.train.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
-    model.load_state_dict(load_state_dict(checkpoint))
-    model.to(device).eval()
-    sum_unit: Optional[np.ndarray] = None
-    sum_sq = 0.0
-    step = cfg.scale.inference_batch_size
-    with torch.inference_mode():
-        for start in range(0, ids.size, step):
-            feats, _ = model.forward_features(dataset.images("train", ids[start:start + step]).to(device))
-            f = feats.double().flatten(1)
-            u = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            part = u.sum(0).cpu().numpy()
-            sum_unit = part if sum_unit is None else sum_unit + part
-            sum_sq += float((u * u).sum())
-    cosine = mean_pairwise_cosine(sum_unit, sum_sq, ids.size) if sum_unit is not None else float("nan")
-    if dataset.task == "classification":
-        entropy = class_entropy(dataset.targets("train", ids), dataset.num_classes)
-    else:  # dense targets: the batch's mean class composition (each image's non-void pixels)
-        entropy = distribution_entropy(dataset.class_frequencies("train", ids).mean(0)) if ids.size else float("nan")
-    return {"batch_cosine": cosine, "batch_class_entropy": entropy}
 
 
 # ====================================================================== loading and grouping
@@ -138,8 +55,6 @@ def load_run(run_dir: str | Path) -> pa.Table:
     if run_dir.is_file():
         return read_results(run_dir)
     if not run_dir.is_dir():
-        from daal_ray.errors import ConfigError
-
         raise ConfigError(f"run directory {run_dir} does not exist; pass the --run-dir of a run or sweep")
     parts = sorted(p for p in run_dir.glob(f"*/{RESULTS_FILE}") if p.parent.name != REPORT_DIR)
     if parts:
@@ -159,8 +74,6 @@ def _params_of(config_json: Optional[str]) -> dict[str, Any]:
 def _default_params(strategy: str) -> dict[str, Any]:
     """The strategy's default params, so a param left out and one set to its default match."""
     try:
-        from daal_ray.acquisition import get_strategy_class
-
         return get_strategy_class(strategy).Params().to_dict()
     except Exception:  # a strategy no longer registered: compare the params as recorded
         return {}
@@ -388,10 +301,10 @@ def format_report(table: pa.Table, reference: str = "random") -> str:
 
 # ====================================================================== figures
 def _pyplot():
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (matplotlib is heavy and only figures need it; the backend is chosen before pyplot loads)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (matplotlib is heavy and only figures need it)
 
     return plt
 
@@ -416,9 +329,9 @@ def _draw_curves(ax: Any, table: pa.Table, colors: dict[str, Any]) -> None:
 
 
 def _save(fig: Any, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out)
+    with atomic_write(out) as fh:
+        fig.savefig(fh, format=out.suffix.lstrip(".") or "png")
     _pyplot().close(fig)
     return out
 
@@ -567,8 +480,6 @@ def build_report(run_dir: str | Path, out_dir: Optional[str | Path] = None, refe
     Raises:
         ConfigError: ``run_dir`` does not exist or holds no results.
     """
-    from daal_ray.errors import ConfigError
-
     table = load_run(run_dir)
     if not table.num_rows:
         raise ConfigError(f"{run_dir} holds no results ({RESULTS_FILE}); run `daal-ray run` or `daal-ray sweep` first")
@@ -581,23 +492,13 @@ def build_report(run_dir: str | Path, out_dir: Optional[str | Path] = None, refe
     }
     text = format_report(table, reference)
     path = out / "report.txt"
-    path.write_text(text + "\n")
+    atomic_write_text(path, text + "\n")
     return Report(text=text, table=conform(table), figures=figures, text_path=path)
 
 
 __all__ = [
-    "PairedDifference", "Report", "SCHEMA", "aulc", "aulc_summary", "batch_redundancy", "build_report",
-    "class_entropy", "curve_summary", "format_paired", "format_redundancy", "format_report", "format_table",
-    "groups", "load_run", "mean_pairwise_cosine", "paired_differences", "per_seed", "plot_ablation_bars",
+    "PairedDifference", "Report", "SCHEMA", "aulc", "aulc_summary", "build_report",
+    "curve_summary", "format_paired", "format_redundancy", "format_report", "format_table",
+    "groups", "load_run", "paired_differences", "per_seed", "plot_ablation_bars",
     "plot_budget_panels", "plot_learning_curves", "plot_redundancy", "redundancy_summary", "variant_labels",
 ]
-
-
-def report_from_args(args: Any) -> int:
-    """``daal-ray report RUN_DIR``: write the report and print its text and figure paths."""
-    report = build_report(args.run_dir, args.out, reference=args.reference)
-    print(report.text)
-    print(f"\nreport:  {report.text_path}")
-    for path in report.figures.values():
-        print(f"figure:  {path}")
-    return 0

@@ -2,7 +2,7 @@
 
 Rows are written by atomic replace and keyed by (experiment, cycle): re-running a cycle
 after a crash replaces its row instead of adding a second one. Summaries, tables and
-figures live in :mod:`daal_ray.report` (its older names stay importable from here).
+figures live in :mod:`daal_ray.report`.
 
 Columns added after the first release carry a default, so older files still read:
 ``batch_cosine`` and ``batch_class_entropy`` (the redundancy of the batch selected at
@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daal_ray.pool import atomic_write_table
+from daal_ray.atomic_io import atomic_write_table
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +92,3 @@ def combine(paths: Iterable[str | Path], out: str | Path) -> pa.Table:
     table = table.sort_by([("strategy", "ascending"), ("seed", "ascending"), ("cycle", "ascending")])
     atomic_write_table(table, Path(out))
     return table
-
-
-_MOVED_TO_REPORT = ("curve_summary", "aulc", "aulc_summary", "format_table", "plot_learning_curves")
-
-
-def __getattr__(name: str) -> Any:
-    # The summaries moved to daal_ray.report; their old import path keeps working.
-    if name in _MOVED_TO_REPORT:
-        from daal_ray import report
-
-        return getattr(report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 The order is total and independent of how the pool is split into blocks: a higher score
 wins, and among equal scores the smaller ``sample_id`` wins. Each Ray Data block can be
-reduced to its own top-K (:func:`topk_batch`) and the reduced blocks merged here; the
+reduced to its own top-K (:func:`score_batch`) and the reduced blocks merged here; the
 result equals a full sort of the pool, which no process ever performs.
 
 Selection that is not a top-K lives here too: :func:`k_center_greedy` (core-set), chunked
@@ -12,7 +12,8 @@ features into preallocated arrays (:func:`gather_features`).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,41 +53,104 @@ def topk_arrays(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 class StreamingTopK:
-    """Merge scored batches into the exact top ``k``; memory O(k + largest batch)."""
+    """Merge scored batches into the exact top ``k``; memory O(k + largest batch).
 
-    def __init__(self, k: int) -> None:
+    This is the one merge of the system: the cycle loop, the shard streaming and the
+    in-memory path all reduce their batches through it.
+
+    Args:
+        k: how many to keep.
+        unique: refuse a ``sample_id`` that reaches the merge twice (a pool with two rows
+            of one sample); the check covers the rows that reach the top ``k``.
+
+    Attributes:
+        seen: rows pushed so far.
+        seconds: time spent merging (the selection proper, apart from producing the batches).
+    """
+
+    def __init__(self, k: int, unique: bool = False) -> None:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         self.k = k
+        self.unique = unique
         self.ids = np.zeros(0, dtype=np.int64)
         self.scores = np.zeros(0, dtype=np.float64)
         self.seen = 0
+        self.seconds = 0.0
 
     def push(self, ids: np.ndarray, scores: np.ndarray) -> None:
+        t0 = time.perf_counter()
         ids = np.asarray(ids, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float64)
         _check_scores(ids, scores)
+        both = np.concatenate([self.ids, ids])
+        if self.unique:
+            srt = np.sort(both)
+            dup = srt[1:][srt[1:] == srt[:-1]]
+            if dup.size:
+                raise DataError(f"sample ids {np.unique(dup)[:5].tolist()} appear in more than one row of the pool; "
+                                f"every sample needs one row")
         self.seen += ids.size
-        self.ids, self.scores = topk_arrays(np.concatenate([self.ids, ids]), np.concatenate([self.scores, scores]), self.k)
+        self.ids, self.scores = topk_arrays(both, np.concatenate([self.scores, scores]), self.k)
+        self.seconds += time.perf_counter() - t0
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Ids and scores of the top ``k`` so far, best first."""
         return self.ids.copy(), self.scores.copy()
 
 
-def topk_stream(batches: Iterable[Mapping[str, np.ndarray]], k: int, id_key: str = "sample_id",
-                score_key: str = "score") -> tuple[np.ndarray, np.ndarray]:
-    """Exact top ``k`` of a stream of ``{sample_id, score}`` batches."""
-    merger = StreamingTopK(k)
+def merge_topk(batches: Iterable[Mapping[str, np.ndarray]], k: int, id_key: str = "sample_id",
+               score_key: str = "score", unique: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact top ``k`` of a stream of ``{sample_id, score}`` batches (:class:`StreamingTopK`).
+
+    Returns ``(ids, scores, merge_seconds)``, best first; ``merge_seconds`` is the time
+    spent merging, not producing the batches.
+    """
+    merger = StreamingTopK(k, unique=unique)
     for batch in batches:
         merger.push(batch[id_key], batch[score_key])
-    return merger.result()
+    ids, scores = merger.result()
+    return ids, scores, merger.seconds
 
 
 def topk_batch(batch: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` body: reduce one block to its own top ``k``."""
+    """Reduce one scored block ``{sample_id, score}`` to its own top ``k``."""
     ids, scores = topk_arrays(batch["sample_id"], batch["score"], k)
     return {"sample_id": ids, "score": scores}
+
+
+def score_batch(batch: Mapping[str, np.ndarray], score: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+                k: int) -> dict[str, np.ndarray]:
+    """Score the unlabeled rows of one batch (``score``: a strategy's scoring method) and
+    keep their top ``k`` as ``{sample_id, score}``. Labeled rows (a ``labeled`` column)
+    are never scored; a batch without the column is all unlabeled."""
+    rows = {key: np.asarray(v) for key, v in batch.items()}
+    if "labeled" in rows:
+        keep = ~rows["labeled"].astype(bool)
+        rows = {key: v[keep] for key, v in rows.items()}
+    if rows["sample_id"].size == 0:
+        return {"sample_id": np.zeros(0, np.int64), "score": np.zeros(0, np.float64)}
+    scores = np.asarray(score(rows), dtype=np.float64).reshape(-1)
+    return topk_batch({"sample_id": rows["sample_id"], "score": scores}, k)
+
+
+def topk_local(features: Any, score: Callable[[Mapping[str, np.ndarray]], np.ndarray], k: int,
+               batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact top ``k`` of ``score`` over a pool's inference output, scored in this process
+    batch by batch, through the same per-batch reduction and merge as the Ray Data pass.
+
+    ``features`` is a mapping of arrays, a sequence of them (unit tests, benches) or a Ray
+    Dataset (its batches are streamed here; the cycle loop scores on Ray Data workers
+    instead, :func:`daal_ray.scoring.select_topk`). Returns ``(ids, scores, merge_seconds)``,
+    best first.
+    """
+    if isinstance(features, Mapping):
+        batches: Iterable[Mapping[str, np.ndarray]] = [features]
+    elif isinstance(features, (list, tuple)):
+        batches = features
+    else:
+        batches = features.iter_batches(batch_size=batch_size, batch_format="numpy")
+    return merge_topk((score_batch(dict(batch), score, k) for batch in batches), k, unique=True)
 
 
 # ====================================================================== feature streams

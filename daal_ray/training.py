@@ -8,16 +8,14 @@ They also run in a plain process (world size 1), which is how the unit tests cal
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -26,59 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from daal_ray.config import TrainConfig
+from daal_ray.atomic_io import atomic_write_bytes
 from daal_ray.data.base import PoolDataset
 from daal_ray.errors import ConfigError, DataError
 from daal_ray.models import JointHead, TaskModel, build_model
+from daal_ray.runtime import seed_everything, world
+from daal_ray.settings import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------ distributed helpers
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the current process group, ``(0, 1)`` outside one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def share_from_rank_zero(obj: Any) -> Any:
-    """Send an object holding Ray references (a Ray Dataset) from rank 0 to every rank.
-
-    torch's ``broadcast_object_list`` pickles outside Ray, which loses the owner of every
-    ObjectRef inside; instead rank 0 ``ray.put``s the object and the single reference goes
-    through Ray Train's own broadcast, so ownership is tracked.
-    """
-    rank, size = world()
-    if size == 1:
-        return obj
-    import ray
-    import ray.train.collective
-
-    ref = ray.put(obj) if rank == 0 else None
-    box = ray.train.collective.broadcast_from_rank_zero([ref] if rank == 0 else None)
-    out = obj if rank == 0 else ray.get(box[0])
-    barrier()  # rank 0 holds ``ref`` until every rank has its copy
-    return out
-
-
-def barrier() -> None:
-    if world()[1] > 1:
-        dist.barrier()
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (experiment seed, cycle, purpose)."""
-    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-# ------------------------------------------------------------------ optimisation
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -276,12 +231,7 @@ def save_checkpoint(model: nn.Module, directory: Path, meta: dict, head: Optiona
         files.append((head.checkpoint_file, _state_bytes(head)))
     files.append(("meta.json", json.dumps(meta, sort_keys=True).encode()))
     for name, data in files:
-        tmp = directory / f".{name}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / name)
+        atomic_write_bytes(directory / name, data)
     return directory
 
 

@@ -1,6 +1,6 @@
 """Many experiments at once through Ray Tune: one trial per (strategy, seed, budget, dataset).
 
-Each trial runs :func:`daal_ray.driver.run_experiment` with its own ALDriver and run
+Each trial runs :func:`daal_ray.experiment.run_experiment` with its own ALDriver and run
 directory ``run_root/<experiment name>``, so a trial that is re-run resumes from its last
 committed cycle. Trials run in parallel within the cluster's resources
 (``ScaleConfig.trial_concurrency`` caps them; 0 = as resources allow).
@@ -12,25 +12,28 @@ cycle to Tune as it is recorded (``ray.tune.report``), and the driver logs one l
 report: experiment, cycle, labeled fraction and metric.
 
 Trials that share dataset and seed start from the same initial labeled pool whatever
-their strategy and budget (:func:`daal_ray.driver.initial_pool`), so strategies are
+their strategy and budget (:func:`daal_ray.cycle.initial_pool`), so strategies are
 compared on equal footing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import pyarrow as pa
+import ray.tune
 
-from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, ScaleConfig, TrainConfig
-from daal_ray.data import get_dataset_class
-from daal_ray.driver import _unwrap, open_dataset, resolve_config
-from daal_ray.errors import ConfigError
+from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, ScaleConfig, TrainConfig, resolve_config
+from daal_ray.data import get_dataset_class, open_dataset
+from daal_ray.errors import ConfigError, find_error
+from daal_ray.experiment import run_experiment, run_experiment_group
 from daal_ray.results import RESULTS_FILE, combine, read_results
 
 logger = logging.getLogger(__name__)
@@ -55,9 +58,6 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any], str]:
     Raises:
         ConfigError: a malformed spec, named.
     """
-    import json
-    import re
-
     m = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*(?:\[(.*)\])?\s*", spec)
     if not m:
         raise ConfigError(f"strategy {spec!r} must be NAME or NAME[key=value;key=value], e.g. daal[use_rdis=false]")
@@ -174,9 +174,6 @@ def _trial(config: dict[str, Any]) -> None:
     reports each new cycle row, so Tune (and the driver's progress log) sees the cycle,
     labeled fraction and metric while the experiment runs.
     """
-    import ray.tune
-
-    from daal_ray.driver import run_experiment
 
     cfg = ExperimentConfig.from_dict(config["experiment"])
     run_dir = Path(config["run_root"]) / cfg.name
@@ -210,8 +207,6 @@ def _trial(config: dict[str, Any]) -> None:
 
 def _progress_callback(total: int) -> Any:
     """A Tune callback that logs one line per trial report, completion and failure."""
-    import ray.tune
-
     class ProgressLogger(ray.tune.Callback):
         def __init__(self) -> None:
             self.finished = 0
@@ -245,8 +240,6 @@ def _trial_name(trial: Any) -> str:
 def _tune(configs: Sequence[ExperimentConfig], run_root: Path, sweep_name: str,
           concurrency: int) -> list[BaseException]:
     """Run each config as one Tune trial; return the trials' errors (unwrapped)."""
-    import ray.tune
-
     tuner = ray.tune.Tuner(
         # A trial only waits on its TorchTrainer, which reserves the real resources itself.
         ray.tune.with_resources(_trial, {"cpu": 0.01}),
@@ -256,7 +249,7 @@ def _tune(configs: Sequence[ExperimentConfig], run_root: Path, sweep_name: str,
                                       callbacks=[_progress_callback(len(configs))]),
     )
     grid = tuner.fit()
-    return [_unwrap(r.error) for r in grid if r.error is not None]
+    return [find_error(r.error) for r in grid if r.error is not None]
 
 
 def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",
@@ -264,13 +257,11 @@ def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *
     """Run every config under ``run_root``; return all results combined.
 
     With ``share_worker_group`` (default: when ``concurrency=1``) the experiments run one
-    after another in one Ray Train worker group (:func:`daal_ray.driver.run_experiment_group`),
+    after another in one Ray Train worker group (:func:`daal_ray.experiment.run_experiment_group`),
     which pays the group's start-up once. Otherwise each is a Tune trial, run in parallel as resources allow; if a trial
     fails, the first error is raised (unwrapped to the message that names the fix) after the
     others finish. The combined table is also written to ``run_root/results.parquet``.
     """
-    from daal_ray.driver import run_experiment_group
-
     preflight(configs)
     run_root = Path(run_root).resolve()
     run_root.mkdir(parents=True, exist_ok=True)
@@ -327,25 +318,3 @@ def run_sweep(configs: Sequence[ExperimentConfig], run_root: str | Path, *, swee
     if errors:
         raise errors[0]
     return table
-
-
-def sweep_from_args(args: Any) -> int:
-    """``daal-ray sweep`` and ``jobs/sweep.py``: plan the grid from parsed arguments (one
-    dataset or several, comma-separated), run it, write the report, print its text."""
-    from daal_ray.cli import _csv, configs_from_args
-    from daal_ray.report import build_report
-    from daal_ray.runtime import init_ray
-
-    datasets = _csv(args.dataset) if getattr(args, "dataset", None) else [None]
-    configs = [c for d in datasets for c in configs_from_args(args, dataset=d, strategy_params=getattr(
-        args, "strategy_params", None))]
-    run_dir = Path(args.run_dir)
-    logger.info("sweep %s: %d experiment(s) under %s", args.name, len(configs), run_dir)
-    init_ray(num_cpus=args.num_cpus)
-    run_sweep(configs, run_dir, sweep_name=args.name)
-    report = build_report(run_dir)
-    print(report.text)
-    print(f"\nresults: {run_dir / RESULTS_FILE}\nreport:  {report.text_path}")
-    for path in report.figures.values():
-        print(f"figure:  {path}")
-    return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from daal_ray.paper_jobs import PaperJob
+from daal_ray.cli.paper_job import PaperJob
 
 JOB = PaperJob("cifar100", __doc__)
 build_parser, strategy_params, main = JOB.build_parser, JOB.strategy_params, JOB.main

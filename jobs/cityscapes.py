@@ -30,8 +30,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from daal_ray.cli.paper_job import PaperJob
 from daal_ray.data.cityscapes import write_fixture
-from daal_ray.paper_jobs import PaperJob
 
 
 def smoke_fixture(folder: Path) -> Path:

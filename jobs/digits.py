@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from daal_ray.acquisition import strategy_names
-from daal_ray.cli import add_run_arguments, run_from_args
+from daal_ray.cli.run import add_run_arguments, run_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daal_ray.cli import add_run_arguments
+from daal_ray.cli.run import add_run_arguments, sweep_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
-from daal_ray.tuning import sweep_from_args
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,21 @@
-"""Shared fixtures: one local Ray instance per test session, tiny run directories."""
+"""Shared fixtures: one local Ray instance per test session, tiny run directories.
+
+Tiers (README: Tests): a test that starts Ray carries the ``ray`` mark, and an end-to-end
+one (real Ray Train worker groups, jobs in subprocesses, a cluster) also ``slow``, so
+``pytest -m "not ray and not slow"`` is the fast tier. The marks are enforced here: a
+test that asks for the Ray fixture, or leaves Ray running when it did not find it so,
+without the ``ray`` mark fails.
+"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import ray
+
+from daal_ray.runtime import init_ray
+from daal_ray.tuning import plan_experiments
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Local Ray instances of the suite (and of the jobs it starts) run without the dashboard:
@@ -16,7 +27,6 @@ os.environ.setdefault("DAAL_RAY_DASHBOARD", "0")
 def ray_session():
     import ray
 
-    from daal_ray.runtime import init_ray
 
     init_ray(num_cpus=8)
     yield ray
@@ -26,8 +36,6 @@ def ray_session():
 @pytest.fixture
 def tiny_config():
     """A fast digits experiment: 3 cycles of 3 epochs, in-process training (num_workers=0)."""
-    from daal_ray.tuning import plan_experiments
-
     def make(strategy="random", seed=0, num_workers=0, **protocol):
         protocol = {"initial_fraction": 0.05, "step_fraction": 0.05, "final_fraction": 0.15, **protocol}
         (cfg,) = plan_experiments(dataset="digits", strategies=[strategy], seeds=[seed], protocol=protocol,
@@ -35,3 +43,19 @@ def tiny_config():
         return cfg
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if "ray_session" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that use the Ray fixture need the `ray` mark: " + ", ".join(unmarked))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    before = ray.is_initialized()
+    yield
+    if not before and ray.is_initialized() and item.get_closest_marker("ray") is None:
+        pytest.fail(f"{item.nodeid} started Ray without the `ray` mark; mark it (and `slow` if it is end to end)",
+                    pytrace=False)

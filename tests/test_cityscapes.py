@@ -18,16 +18,17 @@ import pytest
 import torch
 from PIL import Image
 
-from daal_ray.acquisition import FitContext, build_strategy, strategy_names
+from daal_ray.acquisition import FitContext, build_strategy, strategy_names, suggestive
 from daal_ray.acquisition.entropy import predictive_entropy
-from daal_ray.config import AcquisitionConfig, DataConfig, TrainConfig
+from daal_ray.cli.run import configs_from_args
+from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, ScaleConfig, TrainConfig, resolve_config
 from daal_ray.data import get_dataset, get_dataset_class
 from daal_ray.data.cityscapes import CityscapesDataset, label_lut, write_fixture
-from daal_ray.errors import DataError
-from daal_ray.inference import PoolPredictor
+from daal_ray.diagnostics import distribution_entropy
+from daal_ray.errors import ConfigError, DataError
 from daal_ray.models import build_model
 from daal_ray.models.segmentation import DilatedResNet
-from daal_ray.report import distribution_entropy
+from daal_ray.scoring import PoolPredictor
 from daal_ray.training import evaluate, fit_task_model, mean_iou, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,10 +257,6 @@ def test_drn_shapes_and_dilation(side):
 
 @pytest.mark.parametrize("dataset,model", [("cityscapes", "wrn28_2"), ("digits", "seg_small")])
 def test_a_model_of_the_other_task_is_refused_up_front(dataset, model):
-    from daal_ray.config import ExperimentConfig
-    from daal_ray.driver import resolve_config
-    from daal_ray.errors import ConfigError
-
     cfg = ExperimentConfig(data=DataConfig(name=dataset), train=TrainConfig(model=model))
     with pytest.raises(ConfigError, match=f"model '{model}' is a") as ei:
         resolve_config(cfg)
@@ -305,8 +302,6 @@ def seg_pool(tmp_path_factory):
 
 def _run_strategy(name: str, params: dict, seg_pool, ckpt_root: Path, k: int = 3):
     """The cycle loop's steps for one strategy, in this process: returns (ids, scores, batch)."""
-    from daal_ray.config import ExperimentConfig, ScaleConfig
-
     data, ds, pool, labeled = seg_pool
     acq = AcquisitionConfig(strategy=name, params=params)
     strategy = build_strategy(acq, seed=0, cycle=0)
@@ -362,8 +357,6 @@ def test_entropy_scores_the_mean_pixel_entropy(seg_pool, tmp_path):
 
 
 def test_suggestive_fits_class_compositions_of_labeled_masks(seg_pool, tmp_path, monkeypatch):
-    from daal_ray.acquisition import suggestive
-
     seen = {}
     real = suggestive.fit_bootstrap_heads
 
@@ -387,8 +380,6 @@ def _load_job():
 
 
 def test_job_runs_the_paper_protocol(tmp_path):
-    from daal_ray.cli import configs_from_args
-
     job = _load_job()
     root = write_fixture(tmp_path, per_city=20, val_per_city=1)
     args = job.parse_args(["--data-root", str(root), "--strategy", "daal,vaal", "--budget", "30,75"])

@@ -1,5 +1,5 @@
 """The command line: listings, help, and bad input stopped with a clear message before
-anything is written."""
+anything is written; the ``score`` verb's argument checks and the ``report`` verb."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import json
 
 import pytest
 from PIL import Image
+from report_helpers import results_rows
+from shard_helpers import feature_pool, write_shards
 
-from daal_ray.cli import main
+from daal_ray.cli import build_parser, main
+from daal_ray.cli.run import configs_from_args
+from daal_ray.results import upsert_rows
 
 
 def _run(tmp_path, *extra):
@@ -93,8 +97,6 @@ def test_bad_config_file_is_named(tmp_path, capsys, content, message):
 
 
 def test_config_file_and_flags_combine(tmp_path):
-    from daal_ray.cli import build_parser, configs_from_args
-
     path = tmp_path / "exp.json"
     path.write_text(json.dumps({"train": {"epochs": 7, "lr": 0.01}, "final_fraction": 0.3,
                                 "acquisition": {"strategy": "entropy"}}))
@@ -103,3 +105,27 @@ def test_config_file_and_flags_combine(tmp_path):
     assert [c.name for c in configs] == ["digits-entropy-seed0", "digits-entropy-seed1"]
     assert all(c.train.epochs == 4 and c.train.lr == 0.01 and c.final_fraction == 0.3 for c in configs)
     assert configs[0].train.model == "small_cnn"
+
+
+# --------------------------------------------------------------------------- score
+def test_cli_score_refuses_bad_arguments(tmp_path):
+    pool = feature_pool(50, 4, 5, seed=6)
+    write_shards(pool, tmp_path / "pool", 1, probs=False)
+    base = ["score", "--features", str(tmp_path / "pool"), "--k", "3"]
+    assert main(base + ["--out", str(tmp_path / "x.txt")]) == 2
+    assert main(base + ["--out", str(tmp_path / "x.csv"), "--params", "[1]"]) == 2
+    assert main(base + ["--out", str(tmp_path / "x.csv"), "--labeled-ids", str(tmp_path / "none.npy")]) == 2
+    (tmp_path / "ids.txt").write_text("1\nnot-an-id\n")
+    assert main(base + ["--out", str(tmp_path / "x.csv"), "--labeled-ids", str(tmp_path / "ids.txt")]) == 2
+
+
+# --------------------------------------------------------------------------- report
+def test_cli_report_verb(tmp_path, capsys):
+    run = tmp_path / "run"
+    upsert_rows(run / "results.parquet", results_rows())  # a plain `daal-ray run` directory: only the combined file
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("== digits, budget 50 per cycle, 2 seed(s) ==")
+    assert (tmp_path / "out" / "ablation_bars.png").exists() and (tmp_path / "out" / "report.txt").exists()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from daal_ray.pool import PoolState
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -179,8 +181,6 @@ def local_head():
 def test_ray_job_submit_runs_the_cityscapes_smoke_test_to_success(local_head, tmp_path):
     """The smoke test (DAAL on a generated fixture in the official layout, 2 Ray Train workers
     under DDP) submitted to the head: it succeeds and its results and pool state are right."""
-    from daal_ray.pool import PoolState
-
     run_dir = tmp_path / "runs"
     r = local_head.submit("python", "jobs/cityscapes.py", "--smoke-test", "--run-dir", str(run_dir),
                           "--num-workers", "2")

@@ -7,13 +7,7 @@ import json
 
 import pytest
 
-from daal_ray.config import (
-    AcquisitionConfig,
-    DataConfig,
-    ExperimentConfig,
-    ScaleConfig,
-    TrainConfig,
-)
+from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, ScaleConfig, TrainConfig
 from daal_ray.errors import ConfigError
 
 

@@ -15,9 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from daal_ray import driver as driver_mod
-from daal_ray.driver import STATE_FILE, run_experiment
+from daal_ray import cycle as cycle_mod
+from daal_ray.acquisition.entropy import predictive_entropy
+from daal_ray.config import resolve_config
+from daal_ray.cycle import train_cycle_model
+from daal_ray.data import get_dataset, open_dataset
+from daal_ray.driver import start_driver
+from daal_ray.errors import RunLockedError
+from daal_ray.experiment import run_experiment
+from daal_ray.models import build_model
 from daal_ray.pool import PoolState
+from daal_ray.rundir import STATE_FILE
+from daal_ray.training import load_state_dict
+from daal_ray.tuning import run_experiments
 
 pytestmark = pytest.mark.ray
 
@@ -48,7 +58,6 @@ def test_cycles_add_exactly_k_unlabeled_ids(ray_session, tiny_config, tmp_path):
     assert table["num_selected"].to_pylist() == [k, k, 0]
     assert all(0.0 < v <= 1.0 for v in table["value"].to_pylist())
     # the labels stored are the oracle's
-    from daal_ray.data import get_dataset
 
     ds = get_dataset(cfg.data)
     assert np.array_equal(state.labeled_labels(), ds.targets("train", labeled))
@@ -58,10 +67,6 @@ def test_entropy_picks_the_most_uncertain(ray_session, tiny_config, tmp_path):
     """The committed batch is the top-K entropy of the cycle's model over the unlabeled pool."""
     import torch
 
-    from daal_ray.acquisition.entropy import predictive_entropy
-    from daal_ray.data import get_dataset
-    from daal_ray.models import build_model
-    from daal_ray.training import load_state_dict
 
     cfg = tiny_config("entropy", final_fraction=0.10)
     run_experiment(cfg, tmp_path)
@@ -102,7 +107,7 @@ def test_strategies_share_the_initial_pool(ray_session, tiny_config, tmp_path):
 def test_crash_between_propose_and_commit_reuses_pending(ray_session, tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config("entropy", final_fraction=0.10)
     calls = {"oracle": 0, "select": 0}
-    real_oracle, real_select = driver_mod.oracle_labels, driver_mod._select
+    real_oracle, real_select = cycle_mod.oracle_labels, cycle_mod._select
 
     def crashing_oracle(dataset, ids):
         calls["oracle"] += 1
@@ -114,8 +119,8 @@ def test_crash_between_propose_and_commit_reuses_pending(ray_session, tiny_confi
         calls["select"] += 1
         return real_select(*a, **kw)
 
-    monkeypatch.setattr(driver_mod, "oracle_labels", crashing_oracle)
-    monkeypatch.setattr(driver_mod, "_select", counting_select)
+    monkeypatch.setattr(cycle_mod, "oracle_labels", crashing_oracle)
+    monkeypatch.setattr(cycle_mod, "_select", counting_select)
     with pytest.raises(Exception, match="injected crash"):
         run_experiment(cfg, tmp_path)
     crashed = _state(tmp_path, cfg)
@@ -123,7 +128,7 @@ def test_crash_between_propose_and_commit_reuses_pending(ray_session, tiny_confi
     pending = crashed.pending_ids()
     assert calls["select"] == 1
 
-    monkeypatch.setattr(driver_mod, "oracle_labels", real_oracle)
+    monkeypatch.setattr(cycle_mod, "oracle_labels", real_oracle)
     run_experiment(cfg, tmp_path)
     done = _state(tmp_path, cfg)
     assert done.pending_cycle is None and done.next_cycle == 2
@@ -147,7 +152,6 @@ def test_resume_after_finish_changes_nothing(ray_session, tiny_config, tmp_path)
 def test_a_live_run_directory_is_refused_naming_the_lock(ray_session, tiny_config, tmp_path):
     import fcntl
 
-    from daal_ray.errors import RunLockedError
 
     cfg = tiny_config("random", final_fraction=0.10)
     run_dir = tmp_path / cfg.name
@@ -165,7 +169,6 @@ def test_a_live_run_directory_is_refused_naming_the_lock(ray_session, tiny_confi
 
 def test_killed_aldriver_comes_back_with_its_state(ray_session, tmp_path):
     ray = ray_session
-    from daal_ray.driver import start_driver
 
     ids = np.arange(100, 200, dtype=np.int64)
     handle = start_driver(tmp_path, "run-x", ids)
@@ -222,8 +225,6 @@ def test_daal_trains_on_two_ranks_and_selects(ray_session, tiny_config, tmp_path
 def test_sequential_experiments_share_one_worker_group(ray_session, tiny_config, tmp_path):
     """concurrency=1 runs every experiment in one worker group: the start-up is paid once,
     and each experiment still has its own run directory and pool state."""
-    from daal_ray.tuning import run_experiments
-
     configs = [tiny_config(s, seed=0, num_workers=1, final_fraction=0.10) for s in ("random", "entropy")]
     table = run_experiments(configs, tmp_path, concurrency=1)
     rows = table.to_pylist()
@@ -241,8 +242,6 @@ def test_sequential_experiments_share_one_worker_group(ray_session, tiny_config,
 
 def test_cycle_checkpoint_is_reused_only_with_the_joint_head_the_strategy_needs(tiny_config, tmp_path):
     """A checkpoint trained without Learning Loss's head is not reused for Learning Loss."""
-    from daal_ray.driver import open_dataset, resolve_config, train_cycle_model
-
     plain = resolve_config(tiny_config("random"))
     ll = resolve_config(tiny_config("learning_loss"))
     dataset = open_dataset(plain.data)

@@ -203,7 +203,7 @@ def test_init_names_every_bad_row_and_writes_nothing(tmp_path):
     good = sorted(images.rglob("*.png"))[0]
     with open(tmp_path / "m.csv", "w", newline="") as fh:
         fh.write("path,label\n")
-        fh.write(f"imgs/red/red_s0.png,red\n")     # line 2
+        fh.write("imgs/red/red_s0.png,red\n")     # line 2
         fh.write(f"{images / 'red' / 'red_s0.png'},red\n")  # line 3: the same image again
         fh.write("imgs/broken.png,\n")             # line 4: unreadable
         fh.write("imgs/green/green_s0.png,purple\n")  # line 5: not a class
@@ -422,6 +422,8 @@ def test_a_held_lock_refuses_a_second_writer(cold_project, tmp_path):
 
 
 # ====================================================================== the loop, with Ray
+@pytest.mark.ray
+@pytest.mark.slow
 def test_two_cycles_with_people(ray_session, tmp_path):
     """init -> select -> label a CSV -> import -> select (trains on the new labels) ->
     label in Label Studio -> import its export -> status."""
@@ -492,6 +494,8 @@ def test_two_cycles_with_people(ray_session, tmp_path):
     assert any("held-out test accuracy 1.0000 (3 images)" in line for line in status.lines())
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_select_on_the_shipped_default_path(ray_session, tmp_path, capsys):
     """One selection as shipped: a Ray Train worker group of ProjectConfig's default size."""
     images = _images(tmp_path / "imgs", labeled=3, unlabeled=4)

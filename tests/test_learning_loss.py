@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from selection_helpers import check_selection, fit_context, select
 
 from daal_ray.acquisition import FitContext, build_strategy, get_strategy_class
+from daal_ray.acquisition.daal.fit import score_features
 from daal_ray.acquisition.learning_loss import (
     LearningLossParams,
     LearningLossStrategy,
@@ -18,10 +20,18 @@ from daal_ray.acquisition.learning_loss import (
     loss_ranking_loss,
     stop_epoch,
 )
+from daal_ray.acquisition.rss import random_subset
 from daal_ray.config import AcquisitionConfig, DataConfig, TrainConfig
+from daal_ray.data import get_dataset
 from daal_ray.errors import ConfigError
-from selection_helpers import check_selection, fit_context, select
+from daal_ray.experiment import run_experiment
 from daal_ray.models import build_model
+from daal_ray.pool import PoolState
+from daal_ray.rundir import STATE_FILE
+from daal_ray.runtime import derive_seed
+from daal_ray.scoring import PoolPredictor
+from daal_ray.selection import k_center_greedy
+from daal_ray.training import fit_task_model, load_state_dict, per_sample_loss, save_checkpoint
 
 
 # --------------------------------------------------------------------------- ranking loss
@@ -92,16 +102,12 @@ def test_a_model_without_taps_is_refused_with_the_fix_named():
 
 
 def _digits():
-    from daal_ray.data import get_dataset
-
     ds = get_dataset(DataConfig(name="digits"))
     ids = np.sort(ds.sample_ids("train"))[:96]
     return ds, ids, ds.targets("train", ids)
 
 
 def _train(ds, ids, y, head_factory=None, epochs=3):
-    from daal_ray.training import fit_task_model
-
     cfg = TrainConfig(model="small_cnn", epochs=epochs, batch_size=32, optimizer="adam", lr=2e-3)
     return fit_task_model(ds, ids, y, cfg, seed=5, device=torch.device("cpu"), head_factory=head_factory)
 
@@ -128,7 +134,6 @@ def test_trained_module_ranks_training_losses_better_than_chance():
     torch.set_num_threads(1)
     ds, ids, y = _digits()
     model, stats = _train(ds, ids, y, lambda m: LossPredictionModule(m.tap_channels, LearningLossParams()), epochs=8)
-    from daal_ray.training import per_sample_loss
 
     with torch.no_grad():
         taps, _, logits = model.eval().forward_taps(ds.images("train", ids))
@@ -181,9 +186,6 @@ def test_joint_head_trains_under_ddp_identically_on_every_rank(tmp_path):
 
 
 def test_checkpoint_and_pool_predictor_emit_pred_loss(tmp_path):
-    from daal_ray.inference import PoolPredictor
-    from daal_ray.training import save_checkpoint
-
     torch.set_num_threads(1)
     ds, ids, y = _digits()
     strategy = build_strategy(AcquisitionConfig("learning_loss"), seed=0, cycle=0)
@@ -240,15 +242,11 @@ def test_ll_rd_scores_mix_normalised_loss_and_representativeness():
     lo, hi = unl["pred_loss"].min(), unl["pred_loss"].max()
     assert np.allclose(s.score(unl), (unl["pred_loss"] - lo) / (hi - lo))
     s.params = LLRDParams(rd={"epochs": 2, "batch_size": 16}, rd_weight=1.0)
-    from daal_ray.acquisition.daal.fit import score_features
 
     assert np.allclose(s.score(unl), score_features(s._score_net(), unl["features"]))
 
 
 def test_learning_loss_rss_ranks_only_its_random_subset():
-    from daal_ray.acquisition.rss import random_subset
-    from daal_ray.training import derive_seed
-
     batch = _pool(n=80)
     s = build_strategy(AcquisitionConfig("learning_loss_rss", {"rss_subset": 20}), seed=3, cycle=2)
     assert isinstance(s, LearningLossStrategy) and s.params.rss_subset == 20
@@ -269,8 +267,6 @@ def test_learning_loss_rss_ranks_only_its_random_subset():
 
 
 def test_ll_coreset_takes_the_top_predicted_loss_inside_the_core_set():
-    from daal_ray.selection import k_center_greedy
-
     batch = _pool(n=80)
     s = build_strategy(AcquisitionConfig("ll_coreset", {"subset_factor": 3.0}), seed=0, cycle=1)
     assert isinstance(s, LLCoresetStrategy) and s.needs == frozenset({"features", "pred_loss"})
@@ -300,10 +296,6 @@ def test_ll_rd_head_uses_the_learning_loss_settings():
 # --------------------------------------------------------------------------- Ray: the cycle loop
 @pytest.mark.ray
 def test_learning_loss_through_the_cycle_loop(ray_session, tiny_config, tmp_path):
-    from daal_ray.driver import STATE_FILE, run_experiment
-    from daal_ray.pool import PoolState
-    from daal_ray.training import load_state_dict
-
     cfg = tiny_config("learning_loss", final_fraction=0.10)
     table = run_experiment(cfg, tmp_path)
     state = PoolState.load(tmp_path / cfg.name / STATE_FILE)
@@ -319,7 +311,6 @@ def test_learning_loss_through_the_cycle_loop(ray_session, tiny_config, tmp_path
     # the cycle checkpoint holds the loss module; the batch is its top-K predicted loss
     ckpt = tmp_path / cfg.name / "checkpoints" / "cycle_000"
     assert (ckpt / "loss_module.pt").is_file()
-    from daal_ray.data import get_dataset
 
     ds = get_dataset(cfg.data)
     model = build_model(cfg.train.model, num_classes=10, in_channels=1)

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from daal_ray.errors import ConfigError
+from daal_ray.errors import ConfigError, DataError
 from daal_ray.models import TaskModel, build_model, check_model_name, model_descriptions, model_names
 from daal_ray.models.wrn import WideResNet, _Block
+from daal_ray.training import load_checkpoint_meta, load_state_dict, save_checkpoint, train_one_epoch
 
 
 @pytest.fixture(autouse=True)
@@ -133,9 +134,6 @@ class _Payload:
 def test_checkpoints_are_tensor_state_dicts_and_pickled_objects_are_refused(tmp_path):
     import torch
 
-    from daal_ray.errors import DataError
-    from daal_ray.models import build_model
-    from daal_ray.training import load_checkpoint_meta, load_state_dict, save_checkpoint
 
     model = build_model("small_cnn", num_classes=3, in_channels=1)
     save_checkpoint(model, tmp_path / "ok", {"cycle": 0})
@@ -153,7 +151,6 @@ def test_a_batch_of_only_void_pixels_trains_to_a_zero_loss_not_nan():
     and otherwise it equals the usual mean cross-entropy."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from daal_ray.training import train_one_epoch
 
     torch.manual_seed(0)
     model = build_model("seg_small", num_classes=19, in_channels=3)

@@ -18,11 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daal_ray import driver as driver_mod
-from daal_ray.config import DataConfig
-from daal_ray.driver import NAMESPACE, STATE_FILE, driver_name, run_experiment
-from daal_ray.errors import DataError, PoolStateError
+from daal_ray import cycle as cycle_mod
+from daal_ray import data as data_mod
+from daal_ray import experiment as experiment_mod
+from daal_ray import runtime
+from daal_ray.acquisition.base import NoParams, Strategy
+from daal_ray.config import DataConfig, ExperimentConfig, ScaleConfig, resolve_config
+from daal_ray.data import get_dataset
+from daal_ray.data.base import DATASETS, InMemoryDataset
+from daal_ray.driver import NAMESPACE, driver_name, start_driver
+from daal_ray.errors import ConfigError, DataError, PoolStateError, RunLockedError
+from daal_ray.experiment import run_experiment
 from daal_ray.pool import PoolState, load_last_good
+from daal_ray.rundir import STATE_FILE, hold_run_dir
+from daal_ray.scoring import select_topk
 
 
 def _state(run_root: Path, cfg) -> PoolState:
@@ -52,7 +61,7 @@ def test_aldriver_killed_mid_cycle_ends_with_the_uninterrupted_labeled_set(ray_s
 
     run_dir = (tmp_path / "killed" / cfg.name).resolve()
     killed: list[int] = []
-    real_fit, real_oracle = driver_mod.fit_task_model, driver_mod.oracle_labels
+    real_fit, real_oracle = cycle_mod.fit_task_model, cycle_mod.oracle_labels
     oracle_calls = {"n": 0}
 
     def oracle_and_kill(dataset, ids):
@@ -67,8 +76,8 @@ def test_aldriver_killed_mid_cycle_ends_with_the_uninterrupted_labeled_set(ray_s
             killed.append(_kill_aldriver(ray, run_dir))
         return real_fit(dataset, labeled, *a, **kw)
 
-    monkeypatch.setattr(driver_mod, "fit_task_model", fit_and_kill)
-    monkeypatch.setattr(driver_mod, "oracle_labels", oracle_and_kill)
+    monkeypatch.setattr(cycle_mod, "fit_task_model", fit_and_kill)
+    monkeypatch.setattr(cycle_mod, "oracle_labels", oracle_and_kill)
     table = run_experiment(cfg, tmp_path / "killed")
     assert len(killed) == 2 and killed[0] != killed[1], "the ALDriver must have been killed, and restarted, twice"
     after = _state(tmp_path / "killed", cfg)
@@ -81,8 +90,9 @@ def test_aldriver_killed_mid_cycle_ends_with_the_uninterrupted_labeled_set(ray_s
 
 _KILLED_JOB = """
 import json, os, signal, sys
-import daal_ray.driver as d
+import daal_ray.cycle as d
 from daal_ray.config import ExperimentConfig
+from daal_ray.experiment import run_experiment
 from daal_ray.runtime import init_ray
 
 init_ray()
@@ -96,7 +106,7 @@ def oracle(dataset, ids):
     return real(dataset, ids)
 
 d.oracle_labels = oracle
-d.run_experiment(cfg, sys.argv[2])
+run_experiment(cfg, sys.argv[2])
 """
 
 
@@ -132,13 +142,13 @@ def test_job_killed_between_propose_and_commit_spends_no_budget_twice(ray_sessio
         time.sleep(0.2)
 
     asked: list[np.ndarray] = []
-    real_oracle = driver_mod.oracle_labels
+    real_oracle = cycle_mod.oracle_labels
 
     def recording_oracle(dataset, ids):
         asked.append(np.sort(np.asarray(ids)))
         return real_oracle(dataset, ids)
 
-    monkeypatch.setattr(driver_mod, "oracle_labels", recording_oracle)
+    monkeypatch.setattr(cycle_mod, "oracle_labels", recording_oracle)
     run_experiment(cfg, tmp_path / "crashed")
     done = _state(tmp_path / "crashed", cfg)
     assert len(asked) == 1 and np.array_equal(asked[0], pending), "the re-run must label the pending batch only"
@@ -153,12 +163,12 @@ def test_train_worker_killed_resumes_from_the_cycle_checkpoints(ray_session, tin
     SIGKILLs itself while cycle 1 trains. Ray Train restarts the worker group, the loop
     resumes from the pool state and cycle 0's checkpoint (not retrained), and the experiment
     completes."""
-    cfg = driver_mod.resolve_config(tiny_config("random", seed=1, num_workers=1, final_fraction=0.10))
+    cfg = resolve_config(tiny_config("random", seed=1, num_workers=1, final_fraction=0.10))
     log = tmp_path / "fits.log"
     marker = tmp_path / "killed-once"
 
     def loop(loop_config):  # a local function: it travels to the worker by value
-        import daal_ray.driver as d
+        import daal_ray.cycle as d
 
         real_fit = d.fit_task_model
 
@@ -174,8 +184,8 @@ def test_train_worker_killed_resumes_from_the_cycle_checkpoints(ray_session, tin
         d.experiment_loop(loop_config)
 
     with contextlib.ExitStack() as stack:
-        item = driver_mod._open_experiment(cfg, tmp_path / "runs", stack)
-        driver_mod.run_on_worker_group(loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
+        item = experiment_mod._open_experiment(cfg, tmp_path / "runs", stack)
+        experiment_mod.run_on_worker_group(loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
 
     assert marker.exists(), "the worker was not killed"
     fits = [line.split() for line in log.read_text().splitlines()]
@@ -200,9 +210,6 @@ def test_scoring_task_crash_still_scores_every_unlabeled_id_once(ray_session, tm
     not a transient fault: it is not retried and stops the selection with its message."""
     import ray.data
 
-    from daal_ray.acquisition.base import NoParams, Strategy
-    from daal_ray.config import ScaleConfig
-    from daal_ray.inference import select_topk
 
     marker = tmp_path / "crashed-once"
     if crash == "none":
@@ -250,9 +257,6 @@ def test_scoring_task_crash_still_scores_every_unlabeled_id_once(ray_session, tm
 def test_second_run_on_a_live_run_directory_is_refused_naming_the_lock(ray_session, tiny_config, tmp_path):
     """A second experiment started while a live one (here: this process, inside
     hold_run_dir) holds the run directory is refused, the message naming the lock file."""
-    from daal_ray.driver import hold_run_dir
-    from daal_ray.errors import RunLockedError
-
     cfg = tiny_config("random", final_fraction=0.10)
     run_dir = (tmp_path / cfg.name).resolve()
     run_dir.mkdir()
@@ -321,11 +325,10 @@ def test_torn_state_without_a_good_previous_generation_is_refused_naming_both(tm
     assert not list(tmp_path.glob("*.torn-*")), "nothing is moved when nothing can be loaded"
 
 
+@pytest.mark.ray
 def test_aldriver_on_an_unloadable_state_raises_the_pool_state_error_itself(ray_session, tmp_path):
     """Through Ray: the ALDriver's constructor fails, and the caller sees the PoolStateError
     naming both files, not Ray's ActorDiedError."""
-    from daal_ray.driver import start_driver
-
     path, _ = _saved_generations(tmp_path)
     prev = path.with_name(path.name + ".prev")
     path.write_bytes(path.read_bytes()[:40])
@@ -365,8 +368,6 @@ class _Arrays:
 
     @staticmethod
     def make(train, test=None):
-        from daal_ray.data.base import InMemoryDataset
-
         class Tiny(InMemoryDataset):
             name = "tiny_arrays"
             num_classes = 3
@@ -417,30 +418,25 @@ def test_bad_arrays_are_refused_with_the_fix_named(case, message):
 @pytest.fixture
 def arrays_dataset():
     """Register ``tiny_arrays`` (its arrays set by the test) for one test, then remove it."""
-    from daal_ray.data.base import DATASETS
-
     box: dict = {}
 
     def factory(config: DataConfig):
         return _Arrays.make(box["train"])
 
     DATASETS.add("tiny_arrays", factory, "test-only arrays")
-    driver_mod._open_dataset.cache_clear()
+    data_mod.base._open_dataset.cache_clear()
     try:
         yield box
     finally:
         DATASETS._items.pop("tiny_arrays", None)
         DATASETS._descriptions.pop("tiny_arrays", None)
-        driver_mod._open_dataset.cache_clear()
+        data_mod.base._open_dataset.cache_clear()
 
 
 @pytest.mark.parametrize("case", ["nan", "duplicate_ids", "label_range", "budget"])
 def test_bad_input_to_an_experiment_writes_nothing(arrays_dataset, tmp_path, case):
     """run_experiment refuses bad data or a budget larger than the pool before it creates
     the run directory (no Ray needed: it fails before the ALDriver starts)."""
-    from daal_ray.config import ExperimentConfig
-    from daal_ray.errors import ConfigError
-
     ids, x, y = _good_train()
     if case == "nan":
         x[2, 0, 0, 0] = np.nan
@@ -462,7 +458,6 @@ def test_bad_input_to_an_experiment_writes_nothing(arrays_dataset, tmp_path, cas
 def test_cifar_with_fewer_labels_than_images_is_refused(tmp_path):
     import pickle
 
-    from daal_ray.data import get_dataset
 
     base = tmp_path / "cifar-10-batches-py"
     base.mkdir()
@@ -482,7 +477,6 @@ def test_cifar_with_fewer_labels_than_images_is_refused(tmp_path):
 def test_local_ray_keeps_the_dashboard_on_localhost(monkeypatch):
     import ray
 
-    from daal_ray import runtime
 
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

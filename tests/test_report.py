@@ -1,59 +1,27 @@
-"""Reports from hand-made results tables (hand-computed answers), and the batch-redundancy
-diagnostics against brute force."""
+"""Reports from hand-made results tables (hand-computed answers): AULC, paired
+differences against random, tables, redundancy summaries, groups and variants, and the
+whole report from a run directory."""
 
 from __future__ import annotations
 
-import json
-import math
-
-import numpy as np
 import pyarrow as pa
 import pytest
-import torch
+from report_helpers import VALUES, results_rows
 
+from daal_ray.acquisition.daal import DAALParams
+from daal_ray.errors import ConfigError
 from daal_ray.report import (
     aulc_summary,
-    batch_redundancy,
     build_report,
-    class_entropy,
     curve_summary,
     format_table,
     groups,
-    mean_pairwise_cosine,
     paired_differences,
     per_seed,
     redundancy_summary,
     variant_labels,
 )
 from daal_ray.results import SCHEMA, upsert_rows
-
-FRACTIONS = (0.1, 0.2, 0.4)
-# strategy -> seed -> values at FRACTIONS
-VALUES = {
-    "random": {0: (0.50, 0.70, 0.90), 1: (0.60, 0.70, 0.80)},
-    "entropy": {0: (0.50, 0.80, 0.95), 1: (0.60, 0.75, 0.85)},
-}
-COSINE = {"random": (0.2, 0.4), "entropy": (0.8, 0.6)}  # per selecting cycle, same for both seeds
-CLASS_ENTROPY = {"random": (0.9, 0.9), "entropy": (0.5, 0.5)}
-
-
-def _rows(budget=50, dataset="digits", values=VALUES, params=None):
-    rows = []
-    for strategy, seeds in values.items():
-        for seed, vals in seeds.items():
-            for cycle, (f, v) in enumerate(zip(FRACTIONS, vals)):
-                last = cycle == len(FRACTIONS) - 1
-                config = {"acquisition": {"strategy": strategy, "params": (params or {}).get(strategy, {})}}
-                rows.append({
-                    "experiment": f"{dataset}-{strategy}-seed{seed}-budget{budget}", "strategy": strategy,
-                    "dataset": dataset, "seed": seed, "budget": budget, "cycle": cycle,
-                    "num_labeled": int(f * 1000), "labeled_fraction": f, "metric": "accuracy", "value": v,
-                    "num_selected": 0 if last else budget,
-                    "batch_cosine": None if last else COSINE.get(strategy, (0.5, 0.5))[cycle],
-                    "batch_class_entropy": None if last else CLASS_ENTROPY.get(strategy, (0.7, 0.7))[cycle],
-                    "config": json.dumps(config),
-                })
-    return rows
 
 
 def _table(rows):
@@ -62,7 +30,7 @@ def _table(rows):
 
 # --------------------------------------------------------------------------- numbers
 def test_aulc_per_seed_by_hand():
-    seeds = per_seed(_table(_rows()))
+    seeds = per_seed(_table(results_rows()))
     # trapezoids over 0.1, 0.2, 0.4, divided by the range 0.3
     # random 0: (0.6 * 0.1 + 0.8 * 0.2) / 0.3 = 0.22 / 0.3
     assert seeds["random"][0] == pytest.approx((0.22 / 0.3, 0.90))
@@ -73,14 +41,14 @@ def test_aulc_per_seed_by_hand():
     # entropy 1: (0.675 * 0.1 + 0.8 * 0.2) / 0.3 = 0.2275 / 0.3
     assert seeds["entropy"][1] == pytest.approx((0.2275 / 0.3, 0.85))
 
-    summary = aulc_summary(_table(_rows()))
+    summary = aulc_summary(_table(results_rows()))
     assert list(summary) == ["random", "entropy"]  # the reference first
     assert summary["random"] == pytest.approx((0.725, 0.025 / 3, 2))
     assert summary["entropy"] == pytest.approx((0.4675 / 0.6, 0.0125 / 0.6, 2))
 
 
 def test_paired_difference_against_random_by_hand():
-    diffs = paired_differences(_table(_rows()))
+    diffs = paired_differences(_table(results_rows()))
     assert set(diffs) == {"entropy"}
     d = diffs["entropy"]
     # per-seed AULC differences: 0.02 / 0.3 and 0.0125 / 0.3
@@ -88,19 +56,19 @@ def test_paired_difference_against_random_by_hand():
     assert d.aulc_std == pytest.approx(0.00375 / 0.3)
     assert d.final_mean == pytest.approx(0.05) and d.final_std == pytest.approx(0.0)
     assert (d.wins, d.n) == (2, 2)
-    assert paired_differences(_table(_rows()), reference="nonexistent") == {}
+    assert paired_differences(_table(results_rows()), reference="nonexistent") == {}
 
 
 def test_paired_difference_uses_only_common_seeds():
     values = {"random": {0: (0.5, 0.6, 0.7)}, "entropy": {0: (0.5, 0.6, 0.6), 1: (0.9, 0.9, 0.9)}}
-    d = paired_differences(_table(_rows(values=values)))["entropy"]
+    d = paired_differences(_table(results_rows(values=values)))["entropy"]
     assert d.n == 1 and d.wins == 0
     assert d.final_mean == pytest.approx(-0.1)
     assert d.aulc_mean == pytest.approx(-0.01 / 0.3)  # only the 0.2 -> 0.4 trapezoid differs: (0.6 - 0.65) * 0.2
 
 
 def test_table_values_and_aulc_text():
-    text = format_table(_table(_rows()))
+    text = format_table(_table(results_rows()))
     lines = text.splitlines()
     assert lines[1].split() == ["strategy", "10%", "20%", "40%"]
     body = {line.split()[0]: line for line in lines[2:4]}
@@ -112,10 +80,10 @@ def test_table_values_and_aulc_text():
 
 
 def test_redundancy_summary_skips_the_final_row_and_missing_values():
-    summary = redundancy_summary(_table(_rows()))
+    summary = redundancy_summary(_table(results_rows()))
     assert summary["random"] == pytest.approx((0.3, 0.1, 0.9, 0.0, 4))
     assert summary["entropy"] == pytest.approx((0.7, 0.1, 0.5, 0.0, 4))
-    rows = _rows()
+    rows = results_rows()
     for r in rows:
         if r["strategy"] == "random":
             r["batch_cosine"] = float("nan")  # e.g. a file written before the column existed
@@ -123,7 +91,7 @@ def test_redundancy_summary_skips_the_final_row_and_missing_values():
 
 
 def test_budgets_and_datasets_are_separate_groups():
-    table = _table(_rows(budget=50) + _rows(budget=200) + _rows(budget=50, dataset="cifar10"))
+    table = _table(results_rows(budget=50) + results_rows(budget=200) + results_rows(budget=50, dataset="cifar10"))
     keys = [k for k, _ in groups(table)]
     assert keys == [("cifar10", 50), ("digits", 50), ("digits", 200)]
     for _, sub in groups(table):
@@ -132,11 +100,11 @@ def test_budgets_and_datasets_are_separate_groups():
 
 def test_variants_name_only_the_params_that_differ():
     values = {"daal": {0: (0.5, 0.6, 0.7)}}
-    a = _rows(values=values, params={"daal": {"epochs": 15, "use_rdis": True}})
-    b = _rows(values={"daal": {0: (0.5, 0.5, 0.5)}}, params={"daal": {"epochs": 15, "use_rdis": False}})
+    a = results_rows(values=values, params={"daal": {"epochs": 15, "use_rdis": True}})
+    b = results_rows(values={"daal": {0: (0.5, 0.5, 0.5)}}, params={"daal": {"epochs": 15, "use_rdis": False}})
     for r in b:
         r["experiment"] += "-nordis"
-    table = _table(a + b + _rows(values={"random": VALUES["random"]}))
+    table = _table(a + b + results_rows(values={"random": VALUES["random"]}))
     labels = variant_labels(table)
     assert set(labels) == {"daal[use_rdis=True]", "daal[use_rdis=False]", "random"}
     summary = curve_summary(table)
@@ -144,10 +112,21 @@ def test_variants_name_only_the_params_that_differ():
     assert summary["daal[use_rdis=True]"][1] == pytest.approx([0.5, 0.6, 0.7])
 
 
+def test_a_param_left_out_reads_as_its_default():
+    assert DAALParams().use_rdis is True and DAALParams().use_udis is True
+    full = results_rows(values={"daal": {0: (0.5, 0.6, 0.7)}}, params={"daal": {}})
+    ablated = results_rows(values={"daal": {0: (0.5, 0.5, 0.5)}},
+                           params={"daal": {"use_rdis": False, "use_udis": True}})
+    for r in ablated:
+        r["experiment"] += "-nordis"
+    assert set(variant_labels(_table(full + ablated))) == {"daal[use_rdis=True]", "daal[use_rdis=False]"}
+
+
+
 # --------------------------------------------------------------------------- whole report
 def test_build_report_from_run_dir(tmp_path):
     run = tmp_path / "sweep"
-    rows = _rows()
+    rows = results_rows()
     for name in sorted({r["experiment"] for r in rows}):
         upsert_rows(run / name / "results.parquet", [r for r in rows if r["experiment"] == name])
     report = build_report(run)
@@ -168,78 +147,7 @@ def test_build_report_from_run_dir(tmp_path):
 
 
 def test_report_of_an_empty_directory_names_the_fix(tmp_path):
-    from daal_ray.errors import ConfigError
-
     with pytest.raises(ConfigError, match="holds no results"):
         build_report(tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         build_report(tmp_path / "missing")
-
-
-# --------------------------------------------------------------------------- redundancy
-def _brute_cosine(f: np.ndarray) -> float:
-    u = f / np.linalg.norm(f, axis=1, keepdims=True)
-    s = u @ u.T
-    k = len(f)
-    return float((s.sum() - np.trace(s)) / (k * (k - 1)))
-
-
-def test_mean_pairwise_cosine_from_streaming_sums():
-    f = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    u = f / np.linalg.norm(f, axis=1, keepdims=True)
-    # pairs: 0, 1/sqrt(2), 1/sqrt(2) -> mean sqrt(2) / 3
-    assert mean_pairwise_cosine(u.sum(0), float((u * u).sum()), 3) == pytest.approx(math.sqrt(2) / 3)
-    assert _brute_cosine(f) == pytest.approx(math.sqrt(2) / 3)
-    assert math.isnan(mean_pairwise_cosine(u[0], 1.0, 1))
-
-
-def test_class_entropy_known_answers():
-    assert class_entropy(np.array([0, 0, 1, 1]), 2) == pytest.approx(1.0)
-    assert class_entropy(np.array([3, 3, 3]), 10) == pytest.approx(0.0)
-    assert class_entropy(np.array([0, 1, 2, 3]), 10) == pytest.approx(math.log(4) / math.log(10))
-    assert math.isnan(class_entropy(np.array([], dtype=np.int64), 10))
-
-
-def test_batch_redundancy_matches_brute_force_over_chunks(tmp_path, tiny_config):
-    from daal_ray.driver import open_dataset, resolve_config
-    from daal_ray.models import build_model
-
-    cfg = resolve_config(tiny_config())
-    cfg = cfg.replace(scale=cfg.scale.replace(inference_batch_size=4))  # 11 ids -> 3 chunks
-    ds = open_dataset(cfg.data)
-    torch.manual_seed(0)
-    model = build_model(cfg.train.model, num_classes=ds.num_classes, in_channels=ds.in_channels).eval()
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    ids = ds.sample_ids("train")[[3, 1, 4, 15, 9, 26, 5, 35, 8, 97, 93]]
-    got = batch_redundancy(cfg, ds, ids, tmp_path / "model.pt")
-    with torch.no_grad():
-        feats = model.forward_features(ds.images("train", ids))[0].double().numpy()
-    assert got["batch_cosine"] == pytest.approx(_brute_cosine(feats), abs=1e-9)
-    labels = ds.targets("train", ids)
-    p = np.bincount(labels, minlength=10) / labels.size
-    p = p[p > 0]
-    assert got["batch_class_entropy"] == pytest.approx(float(-(p * np.log(p)).sum() / np.log(10)))
-
-
-def test_a_param_left_out_reads_as_its_default():
-    from daal_ray.acquisition.daal import DAALParams
-
-    assert DAALParams().use_rdis is True and DAALParams().use_udis is True
-    full = _rows(values={"daal": {0: (0.5, 0.6, 0.7)}}, params={"daal": {}})
-    ablated = _rows(values={"daal": {0: (0.5, 0.5, 0.5)}}, params={"daal": {"use_rdis": False, "use_udis": True}})
-    for r in ablated:
-        r["experiment"] += "-nordis"
-    assert set(variant_labels(_table(full + ablated))) == {"daal[use_rdis=True]", "daal[use_rdis=False]"}
-
-
-def test_cli_report_verb(tmp_path, capsys):
-    from daal_ray.cli import main
-
-    run = tmp_path / "run"
-    upsert_rows(run / "results.parquet", _rows())  # a plain `daal-ray run` directory: only the combined file
-    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("== digits, budget 50 per cycle, 2 seed(s) ==")
-    assert (tmp_path / "out" / "ablation_bars.png").exists() and (tmp_path / "out" / "report.txt").exists()
-    assert main(["report", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 import pyarrow as pa
 import pytest
 
-from daal_ray.results import SCHEMA, curve_summary, format_table, plot_learning_curves, read_results, upsert_rows
+from daal_ray.report import aulc, aulc_summary, curve_summary, format_table, plot_learning_curves
+from daal_ray.results import SCHEMA, read_results, upsert_rows
 
 
 def _row(experiment, cycle, value, strategy="random", seed=0, fraction=None, **extra):
@@ -146,8 +146,6 @@ def test_plot_learning_curves_writes_png(tmp_path):
 
 
 def test_aulc_by_hand():
-    from daal_ray.results import aulc
-
     # trapezoids over fractions 0.1, 0.2, 0.4 with values 0.5, 0.7, 0.9:
     # (0.6 * 0.1 + 0.8 * 0.2) / 0.3 = 0.22 / 0.3
     assert aulc(np.array([0.4, 0.1, 0.2]), np.array([0.9, 0.5, 0.7])) == pytest.approx(0.22 / 0.3)
@@ -157,7 +155,6 @@ def test_aulc_by_hand():
 def test_aulc_summary_over_seeds():
     import pyarrow as pa
 
-    from daal_ray.results import aulc_summary
 
     rows = []
     for seed, top in ((0, 0.9), (1, 0.7)):
@@ -183,11 +180,3 @@ def test_file_written_before_the_redundancy_columns_still_reads(tmp_path):
     # and a new row goes in beside them
     upsert_rows(tmp_path / "results.parquet", [_row("a", 2, 0.7, batch_cosine=0.25)])
     assert read_results(tmp_path)["batch_cosine"].to_pylist()[2] == 0.25
-
-
-def test_old_import_path_of_the_summaries():
-    from daal_ray import report, results
-
-    assert results.format_table is report.format_table and results.aulc is report.aulc
-    with pytest.raises(AttributeError):
-        results.no_such_name  # noqa: B018

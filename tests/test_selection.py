@@ -1,12 +1,30 @@
-"""Exact streaming top-K against a full sort by (score desc, sample_id asc)."""
+"""Exact streaming top-K against a full sort by (score desc, sample_id asc); k-center greedy
+(farthest-first, ties, against a brute-force k-center), its tiled distances, and
+gather_features' checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from strategy_helpers import brute_force_k_center, pool
 
 from daal_ray.errors import DataError
-from daal_ray.selection import StreamingTopK, topk_arrays, topk_batch, topk_stream
+from daal_ray.selection import (
+    StreamingTopK,
+    gather_features,
+    k_center_greedy,
+    merge_topk,
+    min_sq_distances,
+    topk_arrays,
+    topk_batch,
+)
+
+
+def topk_stream(batches, k, **keys):
+    """The exact merge's ids and scores (its timing is not under test here)."""
+    ids, scores, _ = merge_topk(batches, k, **keys)
+    return ids, scores
 
 N = 1500
 
@@ -173,3 +191,53 @@ def test_topk_batch_per_block_then_merge(k):
         assert r["sample_id"].size == min(k, b["sample_id"].size)
     # The Ray Data pattern: per-block top-K, then an exact merge of the reduced blocks.
     _assert_result(topk_stream(reduced, k), _reference(ids, scores, k))
+
+
+# --------------------------------------------------------------------------- k-center
+def test_k_center_picks_the_farthest_point_first():
+    xl = np.zeros((1, 2), np.float32)  # one labeled centre at the origin
+    xu = np.array([[1, 0], [0, 5], [3, 0], [0, -4.9]], np.float32)
+    pos, dist = k_center_greedy(xu, xl, 2)
+    assert pos[0] == 1 and dist[0] == pytest.approx(5.0)
+    # then farthest from {origin, (0, 5)}: (0, -4.9) at 4.9
+    assert pos[1] == 3 and dist[1] == pytest.approx(4.9, rel=1e-6)
+
+
+def test_k_center_ties_go_to_the_smaller_position_and_never_repeat():
+    xl = np.zeros((1, 2))
+    xu = np.array([[0, 2], [2, 0], [-2, 0], [0, -2]], np.float64)
+    assert k_center_greedy(xu, xl, 1, dtype=torch.float64)[0].tolist() == [0]
+    same = np.ones((5, 3))  # all duplicates: every distance 0 after the first pick
+    pos, _ = k_center_greedy(same, np.zeros((0, 3)), 5, dtype=torch.float64)
+    assert sorted(pos.tolist()) == [0, 1, 2, 3, 4] and pos[0] == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_k_center_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    xu, xl = rng.normal(size=(120, 6)), rng.normal(size=(rng.integers(0, 15), 6))
+    k = 25
+    pos, dist = k_center_greedy(xu, xl, k, dtype=torch.float64, chunk_elems=37)  # many small tiles
+    assert pos.tolist() == brute_force_k_center(xu, xl, k)
+    assert np.all(np.diff(dist) <= 1e-12), "pick distances must not increase"
+    pos32, _ = k_center_greedy(xu.astype(np.float32), xl.astype(np.float32), k)
+    assert pos32.tolist() == pos.tolist()
+
+
+def test_min_sq_distances_tiles_equal_dense():
+    rng = np.random.default_rng(5)
+    p, c = torch.as_tensor(rng.normal(size=(50, 4))), torch.as_tensor(rng.normal(size=(23, 4)))
+    dense = ((p[:, None] - c[None]) ** 2).sum(-1).min(1).values
+    for chunk in (1, 7, 100, 10_000):
+        assert torch.allclose(min_sq_distances(p, c, chunk), dense, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- gather_features
+def test_gather_features_checks_counts_and_values():
+    p = pool(n=40, n_labeled=4)
+    with pytest.raises(DataError, match="expected"):
+        gather_features(p, 5, 35)
+    bad = dict(p, features=p["features"].copy())
+    bad["features"][np.flatnonzero(~p["labeled"])[0], 1] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        gather_features(bad, 4, 36)

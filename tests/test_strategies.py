@@ -1,4 +1,5 @@
-"""Strategy registry, entropy scores, and the random strategy's id hash."""
+"""Strategy registry (the built-in strategies and the baselines, with their descriptions),
+the default select hook, entropy scores, and the random strategy's id hash."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from strategy_helpers import ctx_of, make, pool, split
 
 from daal_ray.acquisition import (
     NoParams,
@@ -16,8 +18,11 @@ from daal_ray.acquisition import (
     strategy_descriptions,
     strategy_names,
 )
+from daal_ray.acquisition.coreset import CoresetStrategy
 from daal_ray.acquisition.entropy import EntropyStrategy, predictive_entropy
+from daal_ray.acquisition.mc_dropout import MCDropoutStrategy
 from daal_ray.acquisition.random import RandomStrategy, hash_uniform
+from daal_ray.acquisition.suggestive import SuggestiveStrategy
 from daal_ray.config import AcquisitionConfig
 from daal_ray.errors import ConfigError
 from daal_ray.selection import topk_arrays
@@ -53,6 +58,16 @@ def test_needs():
     assert EntropyStrategy.needs == frozenset({"probs"})
 
 
+def test_baselines_are_registered_with_descriptions():
+    names = set(strategy_names())
+    assert {"coreset", "mc_dropout", "suggestive", "entropy_rss"} <= names
+    assert get_strategy_class("suggestive") is SuggestiveStrategy
+    assert get_strategy_class("coreset") is CoresetStrategy and get_strategy_class("mc_dropout") is MCDropoutStrategy
+    desc = strategy_descriptions()
+    for name in ("coreset", "mc_dropout", "suggestive", "entropy_rss"):
+        assert len(desc[name]) > 20 and "\n" not in desc[name], name
+
+
 # --------------------------------------------------------------------------- build_strategy
 @pytest.mark.parametrize("name,cls", [("random", RandomStrategy), ("entropy", EntropyStrategy)])
 def test_build_strategy(name, cls):
@@ -82,6 +97,18 @@ def test_build_strategy_unknown_name():
 def test_base_strategy_score_not_implemented():
     with pytest.raises(NotImplementedError):
         Strategy(NoParams(), seed=0, cycle=0).score({"sample_id": np.arange(3)})
+
+
+# --------------------------------------------------------------------------- the default select hook
+def test_default_select_is_the_streaming_top_k():
+    p = pool()
+    s = make("entropy")
+    ids, scores, _ = s.select(ctx_of(p), 17)
+    unl = ~p["labeled"]
+    h = predictive_entropy(p["probs"][unl])
+    expected = p["sample_id"][unl][np.lexsort((p["sample_id"][unl], -h))][:17]
+    assert np.array_equal(ids, expected)
+    assert np.array_equal(make("entropy").select(ctx_of(p, split(p, 7)), 17)[0], expected)
 
 
 # --------------------------------------------------------------------------- entropy

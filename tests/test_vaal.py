@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from selection_helpers import check_selection, fit_context, select
 
 from daal_ray.acquisition import FitContext, build_strategy
+from daal_ray.acquisition.rss import random_subset
 from daal_ray.acquisition.vaal import (
+    MLPVAE,
     ConvVAE,
     LatentDiscriminator,
-    MLPVAE,
     VAALFeatureStrategy,
     VAALImageStrategy,
     VAALParams,
@@ -20,8 +22,12 @@ from daal_ray.acquisition.vaal import (
     vaal_image_size,
 )
 from daal_ray.config import AcquisitionConfig, ExperimentConfig
+from daal_ray.data import open_dataset
 from daal_ray.errors import ConfigError
-from selection_helpers import check_selection, fit_context, select
+from daal_ray.experiment import run_experiment
+from daal_ray.pool import PoolState
+from daal_ray.rundir import STATE_FILE
+from daal_ray.runtime import derive_seed
 
 
 # --------------------------------------------------------------------------- networks and params
@@ -127,9 +133,6 @@ def test_rss_versions_are_registered_with_the_papers_subset(name, base):
 
 
 def test_vaal_tf_rss_selects_inside_its_subset():
-    from daal_ray.acquisition.rss import random_subset
-    from daal_ray.training import derive_seed
-
     rng = np.random.default_rng(2)
     batch = {"sample_id": np.arange(500, 560, dtype=np.int64), "labeled": np.arange(60) % 4 == 0,
              "features": rng.normal(size=(60, 6)).astype(np.float32)}
@@ -146,8 +149,6 @@ def test_vaal_tf_rss_selects_inside_its_subset():
 
 # --------------------------------------------------------------------------- vaal on images (no Ray)
 def test_vaal_reads_images_through_the_dataset_and_selects_unlabeled_ids():
-    from daal_ray.driver import open_dataset
-
     torch.set_num_threads(1)
     cfg = ExperimentConfig(acquisition=AcquisitionConfig("vaal", {"epochs": 1, "batch_size": 64}))
     ds = open_dataset(cfg.data)
@@ -175,8 +176,6 @@ def _two_rank_fit(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from daal_ray.driver import open_dataset
-
         cfg = ExperimentConfig(acquisition=AcquisitionConfig("vaal", {"epochs": 1, "batch_size": 64,
                                                                       "conv_widths": [8, 16, 32]}))
         pool = np.sort(open_dataset(cfg.data).sample_ids("train"))
@@ -211,9 +210,6 @@ def test_vaal_fit_on_two_ranks_keeps_the_ranks_in_step(tmp_path):
 # --------------------------------------------------------------------------- Ray: the cycle loop
 @pytest.mark.ray
 def test_vaal_through_the_cycle_loop(ray_session, tiny_config, tmp_path):
-    from daal_ray.driver import STATE_FILE, run_experiment
-    from daal_ray.pool import PoolState
-
     cfg = tiny_config("vaal", final_fraction=0.10)
     cfg = cfg.replace(acquisition=AcquisitionConfig("vaal", {"epochs": 2}))
     table = run_experiment(cfg, tmp_path)

@@ -1,5 +1,6 @@
 """Acquisition strategies behind one registry (``daal-ray strategies`` lists them)."""
 
+from daal_ray.acquisition import coreset, daal, entropy, learning_loss, mc_dropout, random, rss, suggestive, vaal  # noqa: F401  (registration)  # noqa: F401  (registration)  # noqa: F401  (registration)
 from daal_ray.acquisition.base import (
     FitContext,
     NoParams,
@@ -10,9 +11,6 @@ from daal_ray.acquisition.base import (
     strategy_descriptions,
     strategy_names,
 )
-from daal_ray.acquisition import daal, entropy, random  # noqa: F401  (registration)
-from daal_ray.acquisition import learning_loss, vaal  # noqa: F401  (registration)
-from daal_ray.acquisition import coreset, mc_dropout, rss, suggestive  # noqa: F401  (registration)
 
 __all__ = [
     "FitContext",

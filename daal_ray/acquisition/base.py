@@ -2,7 +2,10 @@
 
 A strategy turns one batch of the pool's inference output into one score per sample;
 higher scores are picked first, through the same exact streaming top-K for every
-strategy that does not override ``select`` (core-set and Suggestive Annotation do).
+strategy that does not override ``select`` (core-set and Suggestive Annotation do). The
+top-K runs where the pool is: the cycle loop hands the strategy a ``scorer`` (the Ray Data
+pass of :mod:`daal_ray.scoring`) in its :class:`FitContext`; a pool held in memory (unit
+tests, benches) is scored here, batch by batch, through the same merge.
 Strategies that learn something from the pool (DAAL's networks) do it in ``fit``; the
 cycle loop calls ``fit`` and ``select`` and never special-cases a strategy.
 
@@ -16,16 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol
 
 import numpy as np
 
-from daal_ray.config import AcquisitionConfig, _Config
 from daal_ray.registry import Registry
+from daal_ray.selection import topk_local
+from daal_ray.settings import Config
 
 
 @dataclass(frozen=True)
-class NoParams(_Config):
+class NoParams(Config):
     """A strategy without settings."""
 
 
@@ -41,12 +45,16 @@ class FitContext:
         run_dir: the experiment's directory (for checkpoints).
         device: the torch device of this rank.
         config: the experiment's :class:`~daal_ray.config.ExperimentConfig` (strategies that
-            read images open its dataset with :func:`daal_ray.driver.open_dataset`).
+            read images open its dataset with :func:`daal_ray.data.open_dataset`).
         labeled_ids: the labeled sample ids, sorted (int64).
         extra: room for strategy-specific inputs.
         pool_ids: every sample id of the pool, sorted (int64); with ``labeled_ids`` it
             gives the unlabeled ids without reading the features.
         labeled_labels: the labels of ``labeled_ids``, aligned (classification only).
+        scorer: ``scorer(features, strategy, k) -> (ids, scores, merge_seconds)``, the exact
+            top ``k`` of ``strategy.score`` over ``features`` where they live (a Ray Data pass
+            in the cycle loop, :func:`daal_ray.scoring.select_topk`); ``None`` scores them
+            in this process. A strategy that narrows the pool (RSS) passes its subset.
     """
 
     features: Any
@@ -59,6 +67,7 @@ class FitContext:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pool_ids: Optional[np.ndarray] = None
     labeled_labels: Optional[np.ndarray] = None
+    scorer: Optional[Callable[[Any, "Strategy", int], tuple[np.ndarray, np.ndarray, float]]] = None
 
     @property
     def num_unlabeled(self) -> int:
@@ -78,12 +87,12 @@ class Strategy:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    Params: ClassVar[type[_Config]] = NoParams
+    Params: ClassVar[type[Config]] = NoParams
     needs: ClassVar[frozenset[str]] = frozenset({"features", "probs"})
     # True if ``fit`` trains on the features: it then runs on every rank of the worker group.
     trains: ClassVar[bool] = False
 
-    def __init__(self, params: _Config, seed: int, cycle: int) -> None:
+    def __init__(self, params: Config, seed: int, cycle: int) -> None:
         self.params = params
         self.seed = seed
         self.cycle = cycle
@@ -106,7 +115,7 @@ class Strategy:
         raise NotImplementedError
 
     def predictor_options(self) -> dict[str, Any]:
-        """Keyword options for the pool predictor (:class:`daal_ray.inference.PoolPredictor`).
+        """Keyword options for the pool predictor (:class:`daal_ray.scoring.PoolPredictor`).
 
         Default: none. MC dropout asks for several stochastic passes through the head.
         """
@@ -115,8 +124,8 @@ class Strategy:
     def select(self, ctx: FitContext, k: int) -> tuple[np.ndarray, np.ndarray, float]:
         """Choose ``k`` unlabeled ids from ``ctx.features``.
 
-        The default is the exact streaming top-K of :meth:`score`
-        (:func:`daal_ray.inference.select_topk`). Strategies whose selection is not a top-K
+        The default is the exact streaming top-K of :meth:`score`, through ``ctx.scorer``
+        when the context has one. Strategies whose selection is not a top-K
         (core-set's k-center greedy, Suggestive Annotation's max-cover) override this, so
         the cycle loop calls one method for every strategy.
 
@@ -124,9 +133,9 @@ class Strategy:
             ``(ids, scores, selection_seconds)``: the chosen ids in pick order, a score per
             id, and the seconds spent on the selection proper (merging or greedy steps).
         """
-        from daal_ray.inference import select_topk
-
-        return select_topk(ctx.features, self, k, ctx.config.scale if ctx.config is not None else None)
+        if ctx.scorer is not None:
+            return ctx.scorer(ctx.features, self, k)
+        return topk_local(ctx.features, self.score, k)
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategies")
@@ -149,8 +158,16 @@ def get_strategy_class(name: str) -> type[Strategy]:
     return STRATEGIES.get(name)
 
 
-def build_strategy(config: AcquisitionConfig, seed: int, cycle: int) -> Strategy:
-    """A fresh strategy for one cycle, its params validated."""
+class StrategyChoice(Protocol):
+    """What :func:`build_strategy` reads: an :class:`~daal_ray.config.AcquisitionConfig`."""
+
+    strategy: str
+    params: Mapping[str, Any]
+
+
+def build_strategy(config: StrategyChoice, seed: int, cycle: int) -> Strategy:
+    """A fresh strategy for one cycle from an :class:`~daal_ray.config.AcquisitionConfig`,
+    its params validated."""
     cls = get_strategy_class(config.strategy)
     params = cls.Params.from_dict(config.params, where=f"AcquisitionConfig.params ({config.strategy})")
     return cls(params, seed=seed, cycle=cycle)

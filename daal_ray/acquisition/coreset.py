@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
-from daal_ray.config import _Config, _check
 from daal_ray.selection import gather_features, k_center_greedy
+from daal_ray.settings import Config, check
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CoresetParams(_Config):
+class CoresetParams(Config):
     """Core-set settings.
 
     Attributes:
@@ -39,7 +39,7 @@ class CoresetParams(_Config):
     chunk_elems: int = 1 << 22
 
     def validate(self) -> None:
-        _check(self.chunk_elems >= 1, f"CoresetParams.chunk_elems must be >= 1, got {self.chunk_elems}")
+        check(self.chunk_elems >= 1, f"CoresetParams.chunk_elems must be >= 1, got {self.chunk_elems}")
 
 
 @register_strategy

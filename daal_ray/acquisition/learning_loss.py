@@ -40,12 +40,15 @@ import torch
 from torch import nn
 
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
-from daal_ray.acquisition.daal.fit import DAALParams
+from daal_ray.acquisition.daal import features_by_labeled
+from daal_ray.acquisition.daal.fit import DAALParams, score_features, train_daal
+from daal_ray.acquisition.daal.networks import ScoreNet
 from daal_ray.acquisition.rss import restrict_features, rss_variant
-from daal_ray.config import _Config, _check
 from daal_ray.errors import ConfigError, DataError
 from daal_ray.models import JointHead
+from daal_ray.runtime import derive_seed, world
 from daal_ray.selection import gather_features, iter_feature_batches, k_center_greedy, topk_arrays
+from daal_ray.settings import Config, check
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ __all__ = ["LearningLossParams", "LearningLossStrategy", "LLCoresetParams", "LLC
 
 
 @dataclass(frozen=True)
-class LearningLossParams(_Config):
+class LearningLossParams(Config):
     """Learning Loss settings (paper values: hidden 128, margin 1, weight 1, gradient stop
     at epoch 120 of 200).
 
@@ -72,10 +75,10 @@ class LearningLossParams(_Config):
     stop_grad_fraction: float = 0.6
 
     def validate(self) -> None:
-        _check(self.hidden >= 1, f"learning_loss hidden must be >= 1, got {self.hidden}")
-        _check(self.margin >= 0, f"learning_loss margin must be >= 0, got {self.margin}")
-        _check(self.weight >= 0, f"learning_loss weight must be >= 0, got {self.weight}")
-        _check(0.0 <= self.stop_grad_fraction <= 1.0,
+        check(self.hidden >= 1, f"learning_loss hidden must be >= 1, got {self.hidden}")
+        check(self.margin >= 0, f"learning_loss margin must be >= 0, got {self.margin}")
+        check(self.weight >= 0, f"learning_loss weight must be >= 0, got {self.weight}")
+        check(0.0 <= self.stop_grad_fraction <= 1.0,
                f"learning_loss stop_grad_fraction must be in [0, 1], got {self.stop_grad_fraction}")
 
     def ll_params(self) -> "LearningLossParams":
@@ -184,8 +187,8 @@ class LLCoresetParams(LearningLossParams):
 
     def validate(self) -> None:
         super().validate()
-        _check(self.subset_factor >= 1.0, f"ll_coreset subset_factor must be >= 1, got {self.subset_factor}")
-        _check(self.chunk_elems >= 1, f"ll_coreset chunk_elems must be >= 1, got {self.chunk_elems}")
+        check(self.subset_factor >= 1.0, f"ll_coreset subset_factor must be >= 1, got {self.subset_factor}")
+        check(self.chunk_elems >= 1, f"ll_coreset chunk_elems must be >= 1, got {self.chunk_elems}")
 
 
 @register_strategy
@@ -244,9 +247,9 @@ class LLRDParams(LearningLossParams):
 
     def validate(self) -> None:
         super().validate()
-        _check(0.0 <= self.rd_weight <= 1.0, f"ll_rd rd_weight must be in [0, 1], got {self.rd_weight}")
+        check(0.0 <= self.rd_weight <= 1.0, f"ll_rd rd_weight must be in [0, 1], got {self.rd_weight}")
         rd = self.rd_params()
-        _check(not rd.use_udis and rd.use_rdis, "ll_rd rd must keep use_udis false and use_rdis true")
+        check(not rd.use_udis and rd.use_rdis, "ll_rd rd must keep use_udis false and use_rdis true")
 
     def rd_params(self) -> DAALParams:
         """The DAALParams of the representativeness game (uDis off unless given)."""
@@ -278,10 +281,6 @@ class LLRDStrategy(LearningLossStrategy):
     trains = True
 
     def fit(self, ctx: FitContext) -> None:
-        from daal_ray.acquisition.daal import features_by_labeled
-        from daal_ray.acquisition.daal.fit import train_daal
-        from daal_ray.training import derive_seed, world
-
         rank, size = world()
         xl, xu = features_by_labeled(ctx.features, rank, size)
         pred = _unlabeled_column(ctx.features, "pred_loss")  # every rank reads the whole column
@@ -295,8 +294,6 @@ class LLRDStrategy(LearningLossStrategy):
         self._net = None
 
     def _score_net(self) -> Any:
-        from daal_ray.acquisition.daal.networks import ScoreNet
-
         net = getattr(self, "_net", None)
         if net is None:
             rd = self.params.rd_params()
@@ -306,8 +303,6 @@ class LLRDStrategy(LearningLossStrategy):
         return net
 
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        from daal_ray.acquisition.daal.fit import score_features
-
         lo, hi = self.loss_range
         loss = (np.asarray(batch["pred_loss"], dtype=np.float64) - lo) / max(hi - lo, 1e-12)
         rep = score_features(self._score_net(), batch["features"], normalize=self.params.rd_params().normalize)

@@ -25,11 +25,12 @@ import numpy as np
 
 from daal_ray.acquisition.base import Strategy, register_strategy
 from daal_ray.acquisition.entropy import sample_entropy
-from daal_ray.config import _check, _Config
+from daal_ray.runtime import derive_seed
+from daal_ray.settings import Config, check
 
 
 @dataclass(frozen=True)
-class MCDropoutParams(_Config):
+class MCDropoutParams(Config):
     """MC dropout settings.
 
     Attributes:
@@ -41,8 +42,8 @@ class MCDropoutParams(_Config):
     dropout: float = 0.5
 
     def validate(self) -> None:
-        _check(self.passes >= 1, f"MCDropoutParams.passes must be >= 1, got {self.passes}")
-        _check(0.0 <= self.dropout < 1.0, f"MCDropoutParams.dropout must be in [0, 1), got {self.dropout}")
+        check(self.passes >= 1, f"MCDropoutParams.passes must be >= 1, got {self.passes}")
+        check(0.0 <= self.dropout < 1.0, f"MCDropoutParams.dropout must be in [0, 1), got {self.dropout}")
 
 
 @register_strategy
@@ -55,8 +56,6 @@ class MCDropoutStrategy(Strategy):
     needs = frozenset({"probs"})
 
     def predictor_options(self) -> dict[str, Any]:
-        from daal_ray.training import derive_seed
-
         return {"mc_passes": self.params.passes, "mc_dropout": self.params.dropout,
                 "mc_seed": derive_seed(self.seed, self.cycle, 0x3C)}
 

@@ -34,9 +34,10 @@ import numpy as np
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
 from daal_ray.acquisition.entropy import EntropyStrategy
 from daal_ray.acquisition.random import hash_uniform
-from daal_ray.config import _Config
 from daal_ray.errors import ConfigError
+from daal_ray.runtime import derive_seed
 from daal_ray.selection import topk_arrays
+from daal_ray.settings import Config
 
 __all__ = ["DEFAULT_RSS_SUBSET", "RandomSubsetMixin", "random_subset", "restrict_features", "rss_variant"]
 
@@ -89,7 +90,6 @@ class RandomSubsetMixin:
         if ctx.pool_ids is None or ctx.labeled_ids is None:
             raise ValueError("RSS needs FitContext.pool_ids and FitContext.labeled_ids")
         unlabeled = np.setdiff1d(np.asarray(ctx.pool_ids, np.int64), np.asarray(ctx.labeled_ids, np.int64))
-        from daal_ray.training import derive_seed
 
         return random_subset(unlabeled, self.params.rss_subset, derive_seed(self.seed, self.cycle, _RSS_SALT))
 
@@ -104,7 +104,7 @@ class RandomSubsetMixin:
         return super().select(inner, k)  # type: ignore[misc]
 
 
-def _rss_params(base: type[_Config]) -> type[_Config]:
+def _rss_params(base: type[Config]) -> type[Config]:
     """``base`` plus ``rss_subset: int = 10000`` (validated >= 1)."""
 
     def validate(self: Any) -> None:

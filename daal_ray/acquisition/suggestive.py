@@ -39,15 +39,17 @@ import torch
 import torch.nn.functional as F
 
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
-from daal_ray.config import _check, _Config
+from daal_ray.data import open_dataset
 from daal_ray.errors import DataError
+from daal_ray.runtime import derive_seed
 from daal_ray.selection import iter_feature_batches
+from daal_ray.settings import Config, check
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SuggestiveParams(_Config):
+class SuggestiveParams(Config):
     """Suggestive Annotation settings.
 
     Attributes:
@@ -68,12 +70,12 @@ class SuggestiveParams(_Config):
     neighbours: int = 256
 
     def validate(self) -> None:
-        _check(self.ensemble_size >= 2, f"SuggestiveParams.ensemble_size must be >= 2, got {self.ensemble_size}")
-        _check(self.epochs >= 1, f"SuggestiveParams.epochs must be >= 1, got {self.epochs}")
-        _check(self.lr > 0, f"SuggestiveParams.lr must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, f"SuggestiveParams.weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.candidates >= 0, f"SuggestiveParams.candidates must be >= 0, got {self.candidates}")
-        _check(self.neighbours >= 1, f"SuggestiveParams.neighbours must be >= 1, got {self.neighbours}")
+        check(self.ensemble_size >= 2, f"SuggestiveParams.ensemble_size must be >= 2, got {self.ensemble_size}")
+        check(self.epochs >= 1, f"SuggestiveParams.epochs must be >= 1, got {self.epochs}")
+        check(self.lr > 0, f"SuggestiveParams.lr must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, f"SuggestiveParams.weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.candidates >= 0, f"SuggestiveParams.candidates must be >= 0, got {self.candidates}")
+        check(self.neighbours >= 1, f"SuggestiveParams.neighbours must be >= 1, got {self.neighbours}")
 
 
 def fit_bootstrap_heads(x: np.ndarray, y: np.ndarray, num_classes: int, params: SuggestiveParams, seed: int,
@@ -171,8 +173,6 @@ class SuggestiveStrategy(Strategy):
 
         The targets are ``ctx.labeled_labels``; without them (dense targets) each labeled
         image's class composition, read from its mask through the experiment's dataset."""
-        from daal_ray.training import derive_seed
-
         if ctx.labeled_ids is None or (ctx.labeled_labels is None and ctx.config is None):
             raise DataError("suggestive annotation needs the labeled ids and their labels (or, for segmentation, "
                             "the experiment's config to read their masks)")
@@ -190,8 +190,6 @@ class SuggestiveStrategy(Strategy):
             y = np.asarray(ctx.labeled_labels, np.int64)[pos]
             num_classes = int(y.max()) + 1
         else:
-            from daal_ray.driver import open_dataset  # cached per process
-
             y = open_dataset(ctx.config.data).class_frequencies("train", ids)
             num_classes = y.shape[1]
         # Standardised with the labeled statistics, which scoring reuses.

@@ -48,8 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
+from daal_ray.acquisition.daal import features_by_labeled
 from daal_ray.acquisition.rss import rss_variant
-from daal_ray.config import _Config, _check
+from daal_ray.data import open_dataset
+from daal_ray.runtime import apply_update, derive_seed, world
+from daal_ray.settings import Config, check
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ __all__ = ["ConvVAE", "LatentDiscriminator", "MLPVAE", "VAALParams", "VAALImageS
 
 
 @dataclass(frozen=True)
-class VAALParams(_Config):
+class VAALParams(Config):
     """VAAL settings (official defaults where stated: Adam 5e-4, latent 32, beta 1,
     adversary weight 1, two VAE steps per discriminator step).
 
@@ -96,17 +99,17 @@ class VAALParams(_Config):
     normalize: bool = True
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, f"vaal epochs must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 2, f"vaal batch_size must be >= 2, got {self.batch_size}")
-        _check(self.lr > 0, "vaal lr must be > 0")
-        _check(self.latent_dim >= 1, "vaal latent_dim must be >= 1")
-        _check(self.beta >= 0 and self.adversary_weight >= 0, "vaal beta and adversary_weight must be >= 0")
-        _check(self.vae_steps >= 1 and self.disc_steps >= 1, "vaal vae_steps and disc_steps must be >= 1")
-        _check(len(self.conv_widths) >= 1 and all(w >= 1 for w in self.conv_widths),
+        check(self.epochs >= 1, f"vaal epochs must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 2, f"vaal batch_size must be >= 2, got {self.batch_size}")
+        check(self.lr > 0, "vaal lr must be > 0")
+        check(self.latent_dim >= 1, "vaal latent_dim must be >= 1")
+        check(self.beta >= 0 and self.adversary_weight >= 0, "vaal beta and adversary_weight must be >= 0")
+        check(self.vae_steps >= 1 and self.disc_steps >= 1, "vaal vae_steps and disc_steps must be >= 1")
+        check(len(self.conv_widths) >= 1 and all(w >= 1 for w in self.conv_widths),
                "vaal conv_widths takes one or more positive channel counts")
-        _check(all(w >= 1 for w in self.disc_hidden + self.mlp_hidden), "vaal hidden widths must be positive")
+        check(all(w >= 1 for w in self.disc_hidden + self.mlp_hidden), "vaal hidden widths must be positive")
         step = 2 ** len(self.conv_widths)
-        _check(self.image_size == 0 or self.image_size % step == 0,
+        check(self.image_size == 0 or self.image_size % step == 0,
                f"vaal image_size must be 0 or a multiple of 2 ** len(conv_widths) = {step}, got {self.image_size}")
 
 
@@ -221,8 +224,6 @@ class VAALLosses:
 def vaal_step(vae: _VAE, dis: LatentDiscriminator, opts: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
               p: VAALParams, x_l: torch.Tensor, x_u: torch.Tensor) -> VAALLosses:
     """One batch: ``p.vae_steps`` VAE updates, then ``p.disc_steps`` discriminator updates."""
-    from daal_ray.acquisition.daal.fit import _update  # backward + rank-averaged gradients + step
-
     opt_vae, opt_dis = opts
     vae_params, dis_params = list(vae.parameters()), list(dis.parameters())
     n_l = x_l.shape[0]
@@ -235,14 +236,14 @@ def vaal_step(vae: _VAE, dis: LatentDiscriminator, opts: tuple[torch.optim.Optim
         # The VAE wins when the discriminator calls labeled and unlabeled codes alike "labeled".
         adv = (F.binary_cross_entropy_with_logits(logits[:n_l], torch.ones_like(logits[:n_l]))
                + F.binary_cross_entropy_with_logits(logits[n_l:], torch.ones_like(logits[n_l:])))
-        _update(rec + p.beta * kl + p.adversary_weight * adv, vae_params, opt_vae)
+        apply_update(rec + p.beta * kl + p.adversary_weight * adv, vae_params, opt_vae)
     with torch.no_grad():
         mu = vae.encode(x)[0]
     for _ in range(p.disc_steps):
         logits = dis(mu)
         d_loss = (F.binary_cross_entropy_with_logits(logits[:n_l], torch.ones_like(logits[:n_l]))
                   + F.binary_cross_entropy_with_logits(logits[n_l:], torch.zeros_like(logits[n_l:])))
-        _update(d_loss, dis_params, opt_dis)
+        apply_update(d_loss, dis_params, opt_dis)
     return VAALLosses(float(rec.detach()), float(kl.detach()), float(adv.detach()), float(d_loss.detach()))
 
 
@@ -258,8 +259,6 @@ def train_vaal(vae: _VAE, dis: LatentDiscriminator, fetch_labeled: Fetch, n_labe
     tensor on ``device``. Every rank runs the same number of steps per epoch, derived from
     the global unlabeled count, and draws ``batch_size // world`` samples of each kind.
     """
-    from daal_ray.training import world
-
     rank, size = world()
     if n_labeled == 0 or n_unlabeled == 0:
         raise ValueError("VAAL needs labeled and unlabeled samples on every rank")
@@ -318,8 +317,6 @@ class _VAALBase(Strategy):
         return nets
 
     def _train(self, fetch_l: Fetch, n_l: int, fetch_u: Fetch, n_u: int, ctx: FitContext) -> None:
-        from daal_ray.training import derive_seed
-
         seed = derive_seed(self.seed, self.cycle, 0x7AA1)
         torch.manual_seed(seed)  # identical initial weights on every rank
         device = ctx.device or torch.device("cpu")
@@ -355,9 +352,6 @@ class VAALImageStrategy(_VAALBase):
     needs = frozenset()  # reads images itself; no task-model inference pass
 
     def fit(self, ctx: FitContext) -> None:
-        from daal_ray.driver import open_dataset
-        from daal_ray.training import world
-
         if ctx.config is None or ctx.labeled_ids is None:
             raise ValueError("vaal needs FitContext.config and FitContext.labeled_ids")
         rank, size = world()
@@ -383,8 +377,6 @@ class VAALImageStrategy(_VAALBase):
                 LatentDiscriminator(p.latent_dim, p.disc_hidden))
 
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        from daal_ray.driver import open_dataset  # cached per worker process
-
         x = open_dataset(self.data).images("train", np.asarray(batch["sample_id"], dtype=np.int64))
         return unlabeled_probability(*self._nets(), _resize(x, self.side))
 
@@ -405,9 +397,6 @@ class VAALFeatureStrategy(_VAALBase):
         return F.normalize(t, dim=1, eps=1e-8) if self.params.normalize else t
 
     def fit(self, ctx: FitContext) -> None:
-        from daal_ray.acquisition.daal import features_by_labeled
-        from daal_ray.training import world
-
         rank, size = world()
         xl, xu = features_by_labeled(ctx.features, rank, size)
         self.feature_dim = int(xu.shape[1])

@@ -1,5 +1,12 @@
 """Datasets behind a registry; each sample carries a stable int64 ``sample_id``."""
 
+from daal_ray.data import (  # noqa: F401  (registration)
+    cifar,
+    cityscapes,
+    digits,
+    imagefolder,
+    manifest,  # noqa: F401  (registration: labeling projects)
+)
 from daal_ray.data.base import (
     PoolDataset,
     check_dataset_name,
@@ -7,10 +14,9 @@ from daal_ray.data.base import (
     dataset_names,
     get_dataset,
     get_dataset_class,
+    open_dataset,
     register_dataset,
 )
-from daal_ray.data import cifar, cityscapes, digits, imagefolder  # noqa: F401  (registration)
-from daal_ray.data import manifest  # noqa: F401  (registration: labeling projects)
 
 __all__ = [
     "PoolDataset",
@@ -19,5 +25,6 @@ __all__ = [
     "dataset_names",
     "get_dataset",
     "get_dataset_class",
+    "open_dataset",
     "register_dataset",
 ]

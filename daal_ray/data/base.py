@@ -8,15 +8,17 @@ never by position, so a pool can be sharded, shuffled and resumed freely.
 from __future__ import annotations
 
 import abc
+import functools
+import json
 from typing import Callable, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from daal_ray.config import DataConfig, TrainConfig
 from daal_ray.errors import DataError
 from daal_ray.registry import Registry
+from daal_ray.settings import DataConfig, TrainConfig
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -222,3 +224,15 @@ def get_dataset_class(name: str) -> type[PoolDataset]:
 def get_dataset(config: DataConfig) -> PoolDataset:
     """Build the dataset ``config.name`` (``DataError`` if its files are missing or bad)."""
     return DATASETS.get(config.name)(config)
+
+
+@functools.lru_cache(maxsize=1)
+def _open_dataset(data_json: str) -> PoolDataset:
+    return get_dataset(DataConfig.from_dict(json.loads(data_json)))
+
+
+def open_dataset(config: DataConfig) -> PoolDataset:
+    """The dataset of ``config``, opened once per process for consecutive users of it
+    (preflight, each experiment of a group, each worker, strategies that read images), so
+    a large image folder is not scanned again for every experiment."""
+    return _open_dataset(config.to_json())

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from daal_ray.config import DataConfig, TrainConfig
 from daal_ray.data.base import InMemoryDataset, register_dataset
 from daal_ray.errors import DataError
+from daal_ray.settings import DataConfig, TrainConfig
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -88,7 +88,7 @@ class _Cifar(InMemoryDataset):
         super().__init__(splits)
 
     def _download(self, root: Path) -> None:
-        import torchvision
+        import torchvision  # noqa: PLC0415  (torchvision is only needed to download CIFAR (--download))
 
         try:
             getattr(torchvision.datasets, self.tv_class)(str(root), train=True, download=True)

@@ -34,12 +34,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset as TorchDataset
 
-from daal_ray.config import DataConfig, TrainConfig
 from daal_ray.data.base import PoolDataset, Split, id_rows, register_dataset
 from daal_ray.data.imagefolder import path_sample_id
 from daal_ray.errors import DataError
+from daal_ray.settings import DataConfig, TrainConfig
 
 __all__ = ["CLASS_NAMES", "CityscapesDataset", "LABEL_TO_TRAIN_ID", "IGNORE_INDEX", "OFFICIAL_SPLIT", "label_lut",
            "to_train_ids", "write_fixture"]
@@ -103,8 +104,6 @@ def _open_error(path: Path, exc: Exception) -> DataError:
 
 def _read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """Decode an RGB image to uint8 ``[3, H, W]`` at ``size = (W, H)`` (bilinear)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -118,8 +117,6 @@ def _read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     """Decode a labelIds mask to train ids, uint8 ``[H, W]`` at ``size = (W, H)`` (nearest)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             if im.mode not in _MASK_MODES:
@@ -163,8 +160,6 @@ class CityscapesDataset(PoolDataset):
 
     # ------------------------------------------------------------------ index
     def _scan(self, split: str) -> tuple[np.ndarray, list[Path], list[Path]]:
-        from PIL import Image, UnidentifiedImageError
-
         official = OFFICIAL_SPLIT[split]
         image_dir = self.root / "leftImg8bit" / official
         label_dir = self.root / "gtFine" / official
@@ -322,8 +317,6 @@ def write_fixture(root: str | Path, *, cities: Sequence[str] = ("aachen", "bochu
     the colour of each pixel's label plus noise, so a model can learn the mapping. The
     same arguments write the same bytes.
     """
-    from PIL import Image
-
     if per_city < 1 or val_per_city < 1 or height < 4 or width < 4:
         raise ValueError("write_fixture needs per_city, val_per_city >= 1 and a size of at least 4 x 4")
     root = Path(root)

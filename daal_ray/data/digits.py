@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from daal_ray.config import DataConfig, TrainConfig
 from daal_ray.data.base import InMemoryDataset, register_dataset
+from daal_ray.settings import DataConfig, TrainConfig
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +40,7 @@ class DigitsDataset(InMemoryDataset):
     std = (0.378,)
 
     def __init__(self, config: DataConfig) -> None:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # noqa: PLC0415  (scikit-learn is heavy and only the digits dataset needs it)
 
         bunch = load_digits()
         x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
-from daal_ray.config import DataConfig
 from daal_ray.data.base import PoolDataset, Split, id_rows, register_dataset
 from daal_ray.errors import DataError
+from daal_ray.settings import DataConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -31,8 +32,6 @@ def path_sample_id(relative_path: str) -> int:
 
 def load_image(path: Path, size: int) -> np.ndarray:
     """Decode ``path`` to uint8 ``[3, size, size]``; ``DataError`` naming the file if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -47,8 +46,6 @@ def load_image(path: Path, size: int) -> np.ndarray:
 def verify_image(path: Path) -> None:
     """Check that ``path`` is a readable image (its header and structure, without decoding
     the pixels); ``DataError`` naming the file if not."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.verify()

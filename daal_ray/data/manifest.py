@@ -20,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daal_ray.config import DataConfig
+from daal_ray.atomic_io import atomic_write_table
 from daal_ray.data.base import SPLITS, register_dataset
 from daal_ray.data.imagefolder import FileListDataset
 from daal_ray.errors import DataError
+from daal_ray.settings import DataConfig
 
 MANIFEST_FILE = "images.parquet"
 FORMAT = "daal-ray/image-manifest"
@@ -33,8 +34,6 @@ _META_KEY = b"daal_ray"
 def write_manifest(root: Path, sample_ids: np.ndarray, paths: Sequence[str], splits: Sequence[str],
                    labels: np.ndarray, classes: Sequence[str]) -> Path:
     """Write ``root/images.parquet`` atomically; rows are sorted by ``sample_id``."""
-    from daal_ray.pool import atomic_write_table
-
     ids = np.asarray(sample_ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     table = pa.table({

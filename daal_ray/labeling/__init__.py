@@ -7,33 +7,16 @@
 
 The pieces are the experiment loop's: the PoolState (propose before labels are asked
 for, commit idempotently, atomic saves), the run-directory lock, the cycle's training
-and selection steps (:func:`daal_ray.driver.train_cycle_model`,
-:func:`daal_ray.driver.select_batch`) on a Ray Train worker group, and every registered
+and selection steps (:func:`daal_ray.cycle.train_cycle_model`,
+:func:`daal_ray.cycle.select_batch`) on a Ray Train worker group, and every registered
 strategy. What differs is that a person answers between ``propose`` and ``commit``,
 possibly over several imports (``--partial``).
 """
 
-import importlib
-from typing import Any
+from daal_ray.labeling.batches import BatchExport, select_next_batch
+from daal_ray.labeling.labels import ImportSummary, import_labels
+from daal_ray.labeling.project import LabelingError, ProblemsError, ProjectConfig, init_project, open_project
+from daal_ray.labeling.status import ProjectStatus, project_status
 
-# Public names and their modules; imported on first use, so `daal-ray --help` stays light.
-_EXPORTS = {
-    "BatchExport": "batches",
-    "select_next_batch": "batches",
-    "ImportSummary": "labels",
-    "import_labels": "labels",
-    "LabelingError": "project",
-    "ProblemsError": "project",
-    "ProjectConfig": "project",
-    "init_project": "project",
-    "open_project": "project",
-    "ProjectStatus": "status",
-    "project_status": "status",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__ = ["BatchExport", "ImportSummary", "LabelingError", "ProblemsError", "ProjectConfig", "ProjectStatus",
+           "import_labels", "init_project", "open_project", "project_status", "select_next_batch"]

@@ -2,8 +2,8 @@
 
 One selection is one Ray Train worker group (``ProjectConfig.scale.num_workers``) running
 :func:`select_loop`: every rank trains the cycle's task model on all labels
-(:func:`daal_ray.driver.train_cycle_model`), rank 0 scores the pool and picks ``k`` ids
-(:func:`daal_ray.driver.select_batch`, the same steps as the experiment loop) and writes
+(:func:`daal_ray.cycle.train_cycle_model`), rank 0 scores the pool and picks ``k`` ids
+(:func:`daal_ray.cycle.select_batch`, the same steps as the experiment loop) and writes
 them with their scores to ``batches/.scores_NNN.parquet``. The calling process, which
 holds the project lock, then records them as the pending batch (``propose``, durable
 before anything is exported) and writes the exports:
@@ -32,15 +32,17 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.train
+import torch
 
-from daal_ray.labeling.project import (
-    BATCH_DIR,
-    INITIAL,
-    LabelingError,
-    Project,
-    atomic_write_bytes,
-    open_project,
-)
+from daal_ray.atomic_io import atomic_write_bytes, atomic_write_table
+from daal_ray.config import ExperimentConfig
+from daal_ray.cycle import initial_pool, select_batch, train_cycle_model
+from daal_ray.data import open_dataset
+from daal_ray.experiment import run_on_worker_group
+from daal_ray.labeling.project import BATCH_DIR, INITIAL, LabelingError, Project, open_project
+from daal_ray.rundir import hold_run_dir
+from daal_ray.runtime import barrier, init_ray, quiet_ray_data, world
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,6 @@ def scores_path(project: Project, cycle: int) -> Path:
 
 def write_scores(path: Path, ids: np.ndarray, scores: np.ndarray, strategy: str, extra: dict[str, Any]) -> None:
     """The selection of one cycle, in pick order, before it is proposed."""
-    from daal_ray.pool import atomic_write_table
-
     table = pa.table({"sample_id": pa.array(np.asarray(ids, np.int64), pa.int64()),
                       "score": pa.array(np.asarray(scores, np.float64), pa.float64())})
     meta = {"strategy": strategy, **extra}
@@ -89,13 +89,6 @@ def batch_strategy(project: Project, cycle: int) -> str:
 # ---------------------------------------------------------------------- the worker
 def select_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker body of one selection: train on every label, select ``k``, write the scores."""
-    import ray.train
-    import torch
-
-    from daal_ray.config import ExperimentConfig
-    from daal_ray.driver import open_dataset, select_batch, train_cycle_model
-    from daal_ray.runtime import quiet_ray_data
-    from daal_ray.training import barrier, world
 
     cfg = ExperimentConfig.from_dict(loop_config["config"])
     project_dir = Path(loop_config["project_dir"])
@@ -159,9 +152,6 @@ def select_next_batch(project_dir: str | Path, *, strategy: Optional[str] = None
         LabelingError: a batch is pending, the budget is spent or the pool is labeled;
             RunLockedError: another command holds the project.
     """
-    from daal_ray.driver import hold_run_dir, run_on_worker_group
-    from daal_ray.runtime import init_ray
-
     project = open_project(project_dir)
     with hold_run_dir(project.dir):
         keeper = project.keeper()
@@ -184,8 +174,6 @@ def select_next_batch(project_dir: str | Path, *, strategy: Optional[str] = None
         scores_file = scores_path(project, cycle)
         labeled = state.labeled_ids()
         if labeled.size == 0:
-            from daal_ray.driver import initial_pool
-
             ids = initial_pool(state.unlabeled_ids(), k, project.config.seed)
             write_scores(scores_file, ids, np.zeros(ids.size), COLD_START, {"num_labeled": 0})
             logger.info("no labels yet: the first batch of %d is drawn at random", k)
@@ -235,7 +223,6 @@ def export_batch(project: Project, cycle: int, pending: np.ndarray, url_prefix: 
                       "score": pa.array(scores, pa.float64()), "batch_id": pa.array(np.full(ids.size, cycle), pa.int64())})
     files = {"parquet": project.batch_path(cycle, ".parquet"), "csv": project.batch_path(cycle, ".csv"),
              "label_studio": project.batch_path(cycle, "_label_studio.json")}
-    from daal_ray.pool import atomic_write_table
 
     atomic_write_table(table.replace_schema_metadata({_SCORES_META: json.dumps({"strategy": strategy}).encode()}),
                        files["parquet"])

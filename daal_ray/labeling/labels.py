@@ -30,7 +30,9 @@ from typing import Any, Optional
 import numpy as np
 
 from daal_ray.errors import DataError
+from daal_ray.labeling.batches import batch_strategy
 from daal_ray.labeling.project import ProblemsError, open_project
+from daal_ray.rundir import hold_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +158,6 @@ def import_labels(project_dir: str | Path, file: str | Path, *, partial: bool = 
         ProblemsError: listing every problem (nothing is committed);
         RunLockedError: another command holds the project.
     """
-    from daal_ray.driver import hold_run_dir
-    from daal_ray.labeling.batches import batch_strategy
-
     project = open_project(project_dir)
     entries, problems = read_labels(Path(file))
     index = {c: i for i, c in enumerate(project.classes)}

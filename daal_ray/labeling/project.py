@@ -20,24 +20,32 @@ import csv
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from daal_ray.atomic_io import atomic_write_bytes
 from daal_ray.config import (
     AcquisitionConfig,
+    Config,
     DataConfig,
     ExperimentConfig,
     ScaleConfig,
     TrainConfig,
-    _check,
-    _Config,
+    check,
+    resolve_config,
 )
+from daal_ray.data import open_dataset
 from daal_ray.data.imagefolder import IMAGE_SUFFIXES, path_sample_id, verify_image
+from daal_ray.data.manifest import write_manifest
+from daal_ray.driver import PoolKeeper
 from daal_ray.errors import ConfigError, DaalRayError, DataError
+from daal_ray.pool import PoolState
+from daal_ray.rundir import STATE_FILE, hold_run_dir
+from daal_ray.runtime import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +75,7 @@ class ProblemsError(DataError):
 
 
 @dataclass(frozen=True)
-class ProjectConfig(_Config):
+class ProjectConfig(Config):
     """Settings of one labeling project, fixed at ``daal-ray init`` (saved in project.json).
 
     Attributes:
@@ -106,18 +114,18 @@ class ProjectConfig(_Config):
     image_root_url: str = ""
 
     def validate(self) -> None:
-        _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+        check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                f"ProjectConfig.name must be a plain non-empty name, got {self.name!r}")
-        _check(len(self.classes) >= 2, f"ProjectConfig.classes must name at least 2 classes, got {list(self.classes)}")
+        check(len(self.classes) >= 2, f"ProjectConfig.classes must name at least 2 classes, got {list(self.classes)}")
         blank = [i for i, c in enumerate(self.classes) if not c.strip() or c != c.strip()]
-        _check(not blank, f"ProjectConfig.classes: class names must be non-empty without surrounding spaces "
+        check(not blank, f"ProjectConfig.classes: class names must be non-empty without surrounding spaces "
                           f"(positions {blank})")
         dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
-        _check(not dup, f"ProjectConfig.classes names a class twice: {', '.join(dup)}")
-        _check(self.image_size >= 4, f"ProjectConfig.image_size must be >= 4 pixels, got {self.image_size}")
-        _check(self.budget >= 1, f"ProjectConfig.budget must be >= 1, got {self.budget}")
-        _check(self.total_budget >= 0, f"ProjectConfig.total_budget must be >= 0, got {self.total_budget}")
-        _check(0.0 <= self.test_fraction < 1.0, f"ProjectConfig.test_fraction must be in [0, 1), got {self.test_fraction}")
+        check(not dup, f"ProjectConfig.classes names a class twice: {', '.join(dup)}")
+        check(self.image_size >= 4, f"ProjectConfig.image_size must be >= 4 pixels, got {self.image_size}")
+        check(self.budget >= 1, f"ProjectConfig.budget must be >= 1, got {self.budget}")
+        check(self.total_budget >= 0, f"ProjectConfig.total_budget must be >= 0, got {self.total_budget}")
+        check(0.0 <= self.test_fraction < 1.0, f"ProjectConfig.test_fraction must be in [0, 1), got {self.test_fraction}")
 
     def experiment(self, project_dir: Path, strategy: Optional[str] = None,
                    num_workers: Optional[int] = None) -> ExperimentConfig:
@@ -133,21 +141,6 @@ class ProjectConfig(_Config):
 
 
 # ---------------------------------------------------------------------- files
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that a reader sees the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_project_config(project_dir: Path, cfg: ProjectConfig) -> None:
     doc = {"format": PROJECT_FORMAT, "version": 1, "config": cfg.to_dict()}
     atomic_write_bytes(project_dir / PROJECT_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
@@ -220,8 +213,6 @@ def _read_table_rows(path: Path) -> tuple[list[dict[str, Any]], list[str], str]:
     """Rows of a parquet or CSV manifest as dicts, its columns, and the word for a row."""
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
         try:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for bad files
@@ -319,8 +310,6 @@ def held_out(labels: np.ndarray, ids: np.ndarray, fraction: float, seed: int) ->
     """Mask of the labeled rows held out as the test set: ``floor(fraction * n)`` of each
     class's ``n`` labeled images, drawn with ``seed``, so every class keeps most of its
     labels for training."""
-    from daal_ray.training import derive_seed
-
     mask = np.zeros(labels.size, dtype=bool)
     rng = np.random.default_rng(derive_seed(seed, 0x7E57))
     for c in np.unique(labels[labels >= 0]):
@@ -364,10 +353,6 @@ def init_project(project_dir: str | Path, *, classes: Sequence[str], images: Opt
         DataError / ConfigError: bad input, naming every problem; LabelingError if the
         folder holds a project already.
     """
-    from daal_ray.data.manifest import write_manifest
-    from daal_ray.driver import STATE_FILE, hold_run_dir
-    from daal_ray.pool import PoolState
-
     project_dir = Path(project_dir).expanduser().resolve()
     if (images is None) == (manifest is None):
         raise ConfigError("give exactly one of --images DIR or --manifest FILE")
@@ -382,7 +367,6 @@ def init_project(project_dir: str | Path, *, classes: Sequence[str], images: Opt
     probe = ProjectConfig.from_dict({**settings, "classes": list(classes), "name": settings.get("name") or
                                      project_dir.name, "image_root": str(image_root)})
     classes = probe.classes
-    from daal_ray.driver import resolve_config
 
     resolve_config(probe.experiment(project_dir))  # an unknown model (or one for another task) fails here
     if images is not None:
@@ -438,8 +422,6 @@ class Project:
 
     def keeper(self) -> Any:
         """The project's :class:`~daal_ray.driver.PoolKeeper` (loads the pool state)."""
-        from daal_ray.driver import PoolKeeper
-
         return PoolKeeper(str(self.dir), self.config.project_id, self.pool_ids)
 
     def batch_path(self, cycle: int, suffix: str) -> Path:
@@ -451,8 +433,6 @@ class Project:
 
 def open_project(project_dir: str | Path) -> Project:
     """Load a project's config and dataset (no lock; callers that write take it)."""
-    from daal_ray.driver import open_dataset
-
     project_dir = Path(project_dir).expanduser().resolve()
     cfg = load_project_config(project_dir)
     dataset = open_dataset(cfg.experiment(project_dir).data)

@@ -18,6 +18,9 @@ import numpy as np
 
 from daal_ray.labeling.batches import budget_used
 from daal_ray.labeling.project import ProjectConfig, open_project
+from daal_ray.pool import load_last_good
+from daal_ray.rundir import STATE_FILE
+from daal_ray.training import load_checkpoint_meta
 
 
 @dataclass
@@ -74,10 +77,6 @@ class ProjectStatus:
 
 def project_status(project_dir: str | Path) -> ProjectStatus:
     """Read a project's state and its newest checkpoint."""
-    from daal_ray.pool import load_last_good
-    from daal_ray.driver import STATE_FILE
-    from daal_ray.training import load_checkpoint_meta
-
     project = open_project(project_dir)
     state = load_last_good(project.dir / STATE_FILE, run_id=project.config.project_id)
     labeled = state.labeled_cycle >= 0

@@ -19,6 +19,8 @@ import torch
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
 from daal_ray.acquisition.daal.fit import DAALParams, score_features, train_daal
 from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
+from daal_ray.runtime import derive_seed, world
+from daal_ray.sampling import fit_features
 
 __all__ = ["DAALParams", "DAALStrategy", "Discriminator", "FeatureVAE", "ScoreNet"]
 
@@ -54,9 +56,6 @@ class DAALStrategy(Strategy):
     trains = True
 
     def fit(self, ctx: FitContext) -> None:
-        from daal_ray.streaming import fit_features
-        from daal_ray.training import derive_seed, world
-
         rank, size = world()
         # Every labeled feature and a bounded, seeded sample of unlabeled ones, streamed:
         # no rank gathers the pool (pools within max_fit_unlabeled are read whole).
@@ -71,8 +70,6 @@ class DAALStrategy(Strategy):
 
     def fit_sample_key(self) -> int:
         """Hash key of this cycle's bounded unlabeled sample (one per seed and cycle)."""
-        from daal_ray.training import derive_seed
-
         return derive_seed(self.seed, self.cycle, 0xF17)
 
     def _score_net(self) -> ScoreNet:

@@ -15,10 +15,8 @@ after each epoch, and training resumes from it.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -31,14 +29,16 @@ from torch import nn
 
 from daal_ray.acquisition.daal import losses as L
 from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
-from daal_ray.config import _Config, _check
-from daal_ray.training import world as rank_and_world
+from daal_ray.atomic_io import atomic_write
+from daal_ray.runtime import apply_update
+from daal_ray.runtime import world as rank_and_world
+from daal_ray.settings import Config, check
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DAALParams(_Config):
+class DAALParams(Config):
     """DAAL settings; paper values where it states them (Adam 5e-4, batch 128, sigma 0.2,
     dropout 0.4), documented choices elsewhere.
 
@@ -89,7 +89,7 @@ class DAALParams(_Config):
         max_fit_unlabeled: most unlabeled features the fit reads (0 = all): every labeled
             feature plus a uniform sample of this many unlabeled ones, the smallest
             ``hash_uniform(sample_id)`` values (deterministic per seed and cycle, streamed
-            in O(max_fit_unlabeled x d) memory; :func:`daal_ray.streaming.fit_features`).
+            in O(max_fit_unlabeled x d) memory; :func:`daal_ray.sampling.fit_features`).
             100,000 by default: 51 MB of 128-d features, and one epoch (with the labeled
             ones) took 66 s on one CPU thread in the 10-million-sample run of BENCHMARKS.md,
             where the whole pool would be 5 GB on every rank. Pools with fewer unlabeled samples are read whole, exactly as before.
@@ -124,18 +124,18 @@ class DAALParams(_Config):
     max_fit_unlabeled: int = 100_000
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, f"daal epochs must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 2, f"daal batch_size must be >= 2, got {self.batch_size}")
-        _check(self.lr > 0, "daal lr must be > 0")
-        _check(0.0 < self.sigma < 1.0, f"daal sigma must be in (0, 1), got {self.sigma}")
-        _check(0.0 <= self.dropout < 1.0, f"daal dropout must be in [0, 1), got {self.dropout}")
-        _check(0.0 <= self.vae_dropout < 1.0, f"daal vae_dropout must be in [0, 1), got {self.vae_dropout}")
-        _check(self.use_udis or self.use_rdis, "daal needs at least one discriminator (use_udis or use_rdis)")
-        _check(len(self.score_hidden) == 4, "daal score_hidden takes 4 widths (ScoreNet is a 5-layer MLP)")
-        _check(len(self.disc_hidden) == 4, "daal disc_hidden takes 4 widths (the discriminators are 5-layer MLPs)")
-        _check(len(self.vae_hidden) == 6, "daal vae_hidden takes 6 widths (encoder and decoder are 7-layer MLPs)")
-        _check(self.latent_dim >= 1, "daal latent_dim must be >= 1")
-        _check(self.max_fit_unlabeled >= 0, f"daal max_fit_unlabeled must be >= 0 (0 = all), got {self.max_fit_unlabeled}")
+        check(self.epochs >= 1, f"daal epochs must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 2, f"daal batch_size must be >= 2, got {self.batch_size}")
+        check(self.lr > 0, "daal lr must be > 0")
+        check(0.0 < self.sigma < 1.0, f"daal sigma must be in (0, 1), got {self.sigma}")
+        check(0.0 <= self.dropout < 1.0, f"daal dropout must be in [0, 1), got {self.dropout}")
+        check(0.0 <= self.vae_dropout < 1.0, f"daal vae_dropout must be in [0, 1), got {self.vae_dropout}")
+        check(self.use_udis or self.use_rdis, "daal needs at least one discriminator (use_udis or use_rdis)")
+        check(len(self.score_hidden) == 4, "daal score_hidden takes 4 widths (ScoreNet is a 5-layer MLP)")
+        check(len(self.disc_hidden) == 4, "daal disc_hidden takes 4 widths (the discriminators are 5-layer MLPs)")
+        check(len(self.vae_hidden) == 6, "daal vae_hidden takes 6 widths (encoder and decoder are 7-layer MLPs)")
+        check(self.latent_dim >= 1, "daal latent_dim must be >= 1")
+        check(self.max_fit_unlabeled >= 0, f"daal max_fit_unlabeled must be >= 0 (0 = all), got {self.max_fit_unlabeled}")
 
 
 class DAALNets(nn.Module):
@@ -224,27 +224,6 @@ def _recon(p: DAALParams, real_hidden, fake_hidden, x_u, x_hat, x_tilde) -> torc
     return loss
 
 
-def _allreduce_grads(params: list[nn.Parameter]) -> None:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
-
-
-def _update(loss: torch.Tensor, params: list[nn.Parameter], opt: torch.optim.Optimizer) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=params)
-    _allreduce_grads(params)
-    opt.step()
-
-
 def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALParams, x_l: torch.Tensor,
               x_u: torch.Tensor) -> StepLosses:
     """One batch of Alg. 1: the three updates, in order."""
@@ -270,20 +249,20 @@ def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALPar
             fake_logits = _fake_logits(nets, p, x_hat.detach(), x_tilde.detach())
         rater = rater + p.w_gan * L.generator_gan_loss(fake_logits, saturating=saturating,
                                                        fake_weights=_branch_weights(p, s, detach=False))
-    _update(rater, groups["rater"], opts["rater"])
+    apply_update(rater, groups["rater"], opts["rater"])
 
     # 2. {decoder} <- L_recon + L_GAN (the decoder tries to fool both discriminators)
     s, _, x_hat, x_tilde = _rater_forward(nets, x_u)
     _, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
     gen = L.generator_gan_loss(fake_logits, saturating=saturating, fake_weights=_branch_weights(p, s, detach=True))
-    _update(p.w_recon * _recon(p, rh, fh, x_u, x_hat, x_tilde) + p.w_gan * gen, groups["decoder"], opts["decoder"])
+    apply_update(p.w_recon * _recon(p, rh, fh, x_u, x_hat, x_tilde) + p.w_gan * gen, groups["decoder"], opts["decoder"])
 
     # 3. {uDis, rDis} <- maximise L_GAN on real vs the (fixed) reconstructions
     with torch.no_grad():
         s, _, x_hat, x_tilde = _rater_forward(nets, x_u)
     real_logits, fake_logits, _, _ = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
     gan = L.gan_loss(real_logits, fake_logits, fake_weights=_branch_weights(p, s, detach=True))
-    _update(-p.w_gan * gan, groups["discriminators"], opts["discriminators"])
+    apply_update(-p.w_gan * gan, groups["discriminators"], opts["discriminators"])
 
     return StepLosses(*(float(t.detach()) for t in (recon, prior, length, dpp, gan, s.mean())))
 
@@ -339,22 +318,10 @@ def train_daal(x_labeled: np.ndarray, x_unlabeled: np.ndarray, p: DAALParams, *,
         if log_every and (epoch + 1) % log_every == 0 and rank == 0:
             logger.info("DAAL epoch %d/%d: %s", epoch + 1, p.epochs, mean)
         if checkpoint is not None and rank == 0:
-            _save(checkpoint, {"nets": nets.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
+            save_state(checkpoint, {"nets": nets.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
                                "epoch": epoch + 1})
     nets.eval()
     return nets, history
-
-
-def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @torch.inference_mode()
@@ -365,3 +332,9 @@ def score_features(score_net: ScoreNet, features: np.ndarray, normalize: bool = 
     if normalize:
         x = normalize_features(x)
     return score_net(x).double().numpy()
+
+
+def save_state(path: Path, state: dict) -> None:
+    """``torch.save`` of ``state`` to ``path``, atomically and durably (the fit's resume point)."""
+    with atomic_write(path) as fh:
+        torch.save(state, fh)

@@ -1,5 +1,5 @@
 """The body of the paper-protocol job scripts (``jobs/cifar10.py``, ``jobs/cifar100.py``,
-``jobs/cityscapes.py``).
+``jobs/cityscapes.py``): command-line glue, so it lives with the CLI.
 
 One class, so the scripts stay thin and cannot drift apart: each names its dataset and
 keeps its own docstring (the commands to run it) as the ``--help`` text.
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from daal_ray.acquisition import strategy_names
-from daal_ray.cli import add_run_arguments, run_from_args
+from daal_ray.cli.run import add_run_arguments, run_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 

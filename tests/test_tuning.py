@@ -1,5 +1,6 @@
-"""Sweeps: equal initial pools across strategies and budgets, completion detection, and a
-real sweep killed with SIGKILL after its first trial finishes, then resumed."""
+"""Sweeps (daal_ray.tuning): equal initial pools across strategies and budgets, completion
+detection, and a real sweep killed with SIGKILL after its first trial finishes, then
+resumed."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from daal_ray.driver import STATE_FILE, initial_pool, open_dataset
+from daal_ray.cycle import initial_pool
+from daal_ray.data import open_dataset
 from daal_ray.errors import ConfigError
 from daal_ray.pool import PoolState
 from daal_ray.results import RESULTS_FILE, SCHEMA, read_results, upsert_rows
-from daal_ray.tuning import experiment_complete, plan_experiments, plan_sweep, run_sweep
+from daal_ray.rundir import STATE_FILE
+from daal_ray.tuning import experiment_complete, parse_strategy, plan_experiments, plan_sweep, run_sweep
 
 
 # --------------------------------------------------------------------------- equal footing
@@ -50,8 +52,6 @@ def test_plan_sweep_over_datasets_and_names():
 
 
 def test_strategy_variants_for_ablations():
-    from daal_ray.tuning import parse_strategy
-
     assert parse_strategy("entropy") == ("entropy", {}, "")
     assert parse_strategy("daal[use_rdis=false;epochs=5]") == ("daal", {"use_rdis": False, "epochs": 5},
                                                                "use_rdis=false-epochs=5")

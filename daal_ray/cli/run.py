@@ -1,30 +1,31 @@
-"""The ``daal-ray`` command line.
+"""``daal-ray run`` and ``daal-ray sweep``: experiments planned from command-line arguments.
 
-    daal-ray run --dataset digits --strategy random,entropy --seeds 2 --run-dir runs/digits
-    daal-ray sweep --strategy random,entropy --seeds 3 --budget 45,90 --run-dir runs/sweep
-    daal-ray report runs/sweep     # figures, tables, paired differences, batch redundancy
-    daal-ray strategies            # every registered strategy, one line each
-    daal-ray datasets | models     # the registered datasets and task models
-    daal-ray score --features DIR --strategy daal --k 1000 --out picks.parquet   # pools of any size
-    daal-ray init | select | import | status PROJECT_DIR   # labeling with people (README)
+The job scripts (``jobs/*.py``) share these arguments (:func:`add_run_arguments`) and this
+body (:func:`run_from_args`), so a job and the CLI cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional
 
+from daal_ray.config import ExperimentConfig
 from daal_ray.errors import DaalRayError
-
-from daal_ray.labeling.cli import VERBS as LABELING_VERBS
+from daal_ray.report import build_report, format_table, plot_learning_curves
+from daal_ray.results import RESULTS_FILE
+from daal_ray.runtime import init_ray
+from daal_ray.tuning import plan_experiments, preflight, run_experiments, run_sweep
 
 logger = logging.getLogger("daal_ray")
 
+__all__ = ["add_run_arguments", "configs_from_args", "csv_list", "run_from_args", "sweep_from_args"]
 
-def _csv(text: str) -> list[str]:
+
+def csv_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
@@ -80,8 +81,6 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
 def _read_config_file(path: Optional[str]) -> dict:
     if not path:
         return {}
-    import json
-
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -98,9 +97,8 @@ def _given(*pairs) -> dict:
 
 
 def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
-                      strategy_params: Optional[dict[str, dict]] = None):
-    from daal_ray.tuning import plan_experiments
-
+                      strategy_params: Optional[dict[str, dict]] = None) -> list[ExperimentConfig]:
+    """The experiments the parsed arguments describe (one per strategy x seed x budget)."""
     train = _given(("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
     protocol = _given(("initial_fraction", args.initial_fraction), ("step_fraction", args.step_fraction),
                       ("final_fraction", args.final_fraction))
@@ -115,13 +113,13 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
     if args.use_gpu:
         scale.setdefault("gpus_per_inference_actor", 0.25)
     try:
-        budgets = [int(b) for b in _csv(args.budget)] or [0]
+        budgets = [int(b) for b in csv_list(args.budget)] or [0]
     except ValueError:
         raise DaalRayError(f"--budget must be integers separated by commas, got {args.budget!r}") from None
     if args.seeds < 1:
         raise DaalRayError(f"--seeds must be >= 1, got {args.seeds}")
     return plan_experiments(dataset=dataset or getattr(args, "dataset", None),
-                            strategies=_csv(args.strategies) if args.strategies else None,
+                            strategies=csv_list(args.strategies) if args.strategies else None,
                             seeds=range(args.seed_offset, args.seed_offset + args.seeds), budgets=budgets,
                             base=base, data=data, train=train, scale=scale, protocol=protocol,
                             strategy_params=strategy_params)
@@ -130,13 +128,10 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
 def run_from_args(args: argparse.Namespace, dataset: Optional[str] = None, title: str = "",
                   strategy_params: Optional[dict[str, dict]] = None) -> int:
     """Plan, run, and summarise experiments; used by ``daal-ray run`` and the job scripts."""
-    from daal_ray.results import format_table, plot_learning_curves
-    from daal_ray.runtime import init_ray
-    from daal_ray.tuning import run_experiments
-
     configs = configs_from_args(args, dataset, strategy_params)
     run_dir = Path(args.run_dir)
     logger.info("running %d experiment(s) under %s: %s", len(configs), run_dir, ", ".join(c.name for c in configs))
+    preflight(configs)  # bad data or a budget larger than the pool is refused before Ray starts
     init_ray(num_cpus=args.num_cpus)
     table = run_experiments(configs, run_dir, concurrency=configs[0].scale.trial_concurrency)
     png = plot_learning_curves(table, run_dir / "learning_curve.png", title=title)
@@ -145,95 +140,20 @@ def run_from_args(args: argparse.Namespace, dataset: Optional[str] = None, title
     return 0
 
 
-def _list(kind: str) -> int:
-    if kind == "strategies":
-        from daal_ray.acquisition import strategy_descriptions as describe
-    elif kind == "datasets":
-        from daal_ray.data import dataset_descriptions as describe
-    else:
-        from daal_ray.models import model_descriptions as describe
-    items = describe()
-    width = max(map(len, items))
-    for name, text in items.items():
-        print(f"{name:<{width}}  {text}")
+def sweep_from_args(args: Any) -> int:
+    """``daal-ray sweep`` and ``jobs/sweep.py``: plan the grid from parsed arguments (one
+    dataset or several, comma-separated), run it, write the report, print its text."""
+    datasets = csv_list(args.dataset) if getattr(args, "dataset", None) else [None]
+    configs = [c for d in datasets for c in configs_from_args(args, dataset=d, strategy_params=getattr(
+        args, "strategy_params", None))]
+    run_dir = Path(args.run_dir)
+    logger.info("sweep %s: %d experiment(s) under %s", args.name, len(configs), run_dir)
+    preflight(configs)
+    init_ray(num_cpus=args.num_cpus)
+    run_sweep(configs, run_dir, sweep_name=args.name)
+    report = build_report(run_dir)
+    print(report.text)
+    print(f"\nresults: {run_dir / RESULTS_FILE}\nreport:  {report.text_path}")
+    for path in report.figures.values():
+        print(f"figure:  {path}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="daal-ray",
-        description="Deep active learning (DAAL and its baselines) on Ray.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    run = sub.add_parser("run", help="run active-learning experiments (strategy x seed x budget) and report them",
-                         description="Run the paper's protocol for each strategy, seed and budget; resume if the run "
-                                     "directory holds an interrupted run. Writes results.parquet and "
-                                     "learning_curve.png into --run-dir.")
-    add_run_arguments(run)
-    sweep = sub.add_parser("sweep", help="a Ray Tune sweep: one trial per dataset x strategy x seed x budget, "
-                                         "resumable, then its report",
-                           description="Run one Tune trial per experiment of the grid (--dataset may list several), "
-                                       "--concurrency at once; re-run after a kill to skip finished experiments "
-                                       "and resume the others. Then writes the report into RUN_DIR/report.")
-    add_run_arguments(sweep, run_dir="runs/sweep")
-    sweep.add_argument("--name", default="sweep", help="Tune experiment name (stable, so a re-run resumes)")
-    report = sub.add_parser("report", help="figures and tables of a run or sweep directory",
-                            description="Learning curves (mean +- std over seeds), budget panels, ablation bars, "
-                                        "batch redundancy, the metric table with AULC and paired differences "
-                                        "against the reference strategy.")
-    report.add_argument("run_dir", metavar="RUN_DIR", help="the --run-dir of a run or sweep")
-    report.add_argument("--out", default=None, help="where figures and report.txt go (default: RUN_DIR/report)")
-    report.add_argument("--reference", default="random", help="strategy the others are paired against")
-    from daal_ray.labeling.cli import add_labeling_parsers
-
-    add_labeling_parsers(sub)  # init, select, import, status: labeling with people
-    score = sub.add_parser("score", help="select from a pool of precomputed-feature parquet shards, any size",
-                           description="Stream parquet shards (sample_id, features, optional label and probs) "
-                                       "through Ray Data, fit the strategy on the labeled rows plus a bounded "
-                                       "sample, and write the exact top K (README: Very large pools).")
-    from daal_ray.streaming import add_score_arguments
-
-    add_score_arguments(score)
-    sub.add_parser("strategies", help="list the registered acquisition strategies")
-    sub.add_parser("datasets", help="list the registered datasets")
-    sub.add_parser("models", help="list the registered task models")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from daal_ray.runtime import setup_logging
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.verb is None:
-        parser.print_help()
-        return 2
-    setup_logging()
-    try:
-        if args.verb == "run":
-            return run_from_args(args)
-        if args.verb == "sweep":
-            from daal_ray.tuning import sweep_from_args
-
-            return sweep_from_args(args)
-        if args.verb == "report":
-            from daal_ray.report import report_from_args
-
-            return report_from_args(args)
-        if args.verb == "score":
-            from daal_ray.streaming import score_from_args
-
-            return score_from_args(args)
-        if args.verb in LABELING_VERBS:
-            from daal_ray.labeling.cli import run_labeling
-
-            return run_labeling(args)
-        return _list(args.verb)
-    except DaalRayError as exc:
-        print(f"daal-ray: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from daal_ray.errors import DaalRayError
+from daal_ray.labeling.batches import select_next_batch
+from daal_ray.labeling.labels import import_labels
+from daal_ray.labeling.project import init_project, read_classes
+from daal_ray.labeling.status import project_status
+from daal_ray.runtime import init_ray
 
 VERBS = ("init", "select", "import", "status")
 
@@ -100,8 +105,6 @@ def _init_settings(args: argparse.Namespace) -> dict[str, Any]:
 def run_labeling(args: argparse.Namespace) -> int:
     """Run one labeling verb; prints what it did."""
     if args.verb == "init":
-        from daal_ray.labeling.project import init_project, read_classes
-
         done = init_project(args.project_dir, classes=read_classes(args.classes, args.classes_file),
                             images=args.images, manifest=args.manifest, settings=_init_settings(args))
         print(f"project {done.project_dir}: {done.num_pool} pool images, {done.num_labeled} labeled (cycle 0), "
@@ -109,9 +112,6 @@ def run_labeling(args: argparse.Namespace) -> int:
         print(f"next: daal-ray select {done.project_dir}")
         return 0
     if args.verb == "select":
-        from daal_ray.labeling.batches import select_next_batch
-        from daal_ray.runtime import init_ray
-
         if args.num_cpus:
             init_ray(num_cpus=args.num_cpus)
         out = select_next_batch(args.project_dir, strategy=args.strategy, budget=args.budget, reexport=args.reexport,
@@ -123,8 +123,6 @@ def run_labeling(args: argparse.Namespace) -> int:
         print(f"next: label them, then daal-ray import {args.project_dir} FILE")
         return 0
     if args.verb == "import":
-        from daal_ray.labeling.labels import import_labels
-
         res = import_labels(args.project_dir, args.file, partial=args.partial)
         if not res.changed:
             print(f"nothing new: {res.already} label(s) were imported already; "
@@ -136,8 +134,6 @@ def run_labeling(args: argparse.Namespace) -> int:
             print(f"batch {res.cycle}: {res.committed} new label(s) committed, {res.still_pending} still pending")
         return 0
     if args.verb == "status":
-        from daal_ray.labeling.status import project_status
-
         for line in project_status(args.project_dir).lines():
             print(line)
         return 0

@@ -1,0 +1,89 @@
+"""The one durable writer: every file daal-ray replaces goes through here.
+
+A write goes to a temporary file in the target's directory, is flushed and fsynced, then
+renamed over the target, and the directory is fsynced so the rename itself survives a
+power cut. A reader therefore sees the old file or the new one, never a torn one, and a
+crash at any point leaves at most a stray ``.NAME.tmp-PID`` file, which is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_table", "atomic_write_text", "fsync_dir"]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_path(path: Path, suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}{suffix}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, keep_previous: bool = False) -> Iterator[BinaryIO]:
+    """Open a binary handle whose content replaces ``path`` atomically when the block ends.
+
+    Nothing replaces ``path`` if the block raises. With ``keep_previous`` the file being
+    replaced is kept as ``NAME.prev`` (a hard link where the file system has them), so a
+    reader can fall back one generation.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            prev = path.with_name(path.name + ".prev")
+            prev_tmp = _tmp_path(prev)
+            try:
+                os.link(path, prev_tmp)
+            except OSError:  # file systems without hard links
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, keep_previous: bool = False) -> Path:
+    """Replace ``path`` with ``data`` atomically and durably; returns the path."""
+    with atomic_write(path, keep_previous) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str, keep_previous: bool = False) -> Path:
+    """Replace ``path`` with ``text`` (UTF-8) atomically and durably; returns the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"), keep_previous)
+
+
+def atomic_write_table(table: pa.Table, path: str | Path, keep_previous: bool = False) -> Path:
+    """Replace ``path`` with ``table`` as parquet, atomically and durably; returns the path."""
+    with atomic_write(path, keep_previous) as fh:
+        pq.write_table(table, fh)
+    return Path(path)
+
