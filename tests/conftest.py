@@ -52,10 +52,12 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("tests that use the Ray fixture need the `ray` mark: " + ", ".join(unmarked))
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     before = ray.is_initialized()
-    yield
-    if not before and ray.is_initialized() and item.get_closest_marker("ray") is None:
-        pytest.fail(f"{item.nodeid} started Ray without the `ray` mark; mark it (and `slow` if it is end to end)",
-                    pytrace=False)
+    try:
+        return (yield)
+    finally:
+        if not before and ray.is_initialized() and item.get_closest_marker("ray") is None:
+            pytest.fail(f"{item.nodeid} started Ray without the `ray` mark; mark it (and `slow` if it is end to "
+                        f"end)", pytrace=False)
