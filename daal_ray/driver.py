@@ -4,6 +4,10 @@ Every change (a proposed batch, a commit) is persisted before the call returns, 
 restarted ALDriver reloads the state, so no committed label is lost and no budget is
 spent twice. The actor is named after its run directory, so the cycle loop, a resumed run
 and a labeling command all find the same one.
+
+This module imports only the pool state and the errors (not torch, not the strategies):
+an experiment group or a sweep starts one ALDriver process per experiment, so each must
+stay small.
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ import numpy as np
 import ray
 
 from daal_ray.errors import PoolStateError, find_error
-from daal_ray.pool import PoolState, load_last_good
-from daal_ray.rundir import STATE_FILE
+from daal_ray.pool import STATE_FILE, PoolState, load_last_good
 
 logger = logging.getLogger(__name__)
 

@@ -37,6 +37,9 @@ import pyarrow.parquet as pq
 from daal_ray.atomic_io import atomic_write_table
 from daal_ray.errors import PoolStateError
 
+# The pool state's file name in a run (or labeling project) directory.
+STATE_FILE = "pool_state.parquet"
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "daal-ray/pool-state"

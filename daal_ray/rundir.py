@@ -24,10 +24,10 @@ from typing import Iterator
 from daal_ray.atomic_io import atomic_write_text
 from daal_ray.config import ExperimentConfig
 from daal_ray.errors import ConfigError, RunLockedError
+from daal_ray.pool import STATE_FILE
 
 __all__ = ["CONFIG_FILE", "LOCK_FILE", "STATE_FILE", "hold_run_dir", "prepare_run_dir", "run_id_of"]
 
-STATE_FILE = "pool_state.parquet"
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 # Fields that may change between a run and its resumption (resources, not the science).

@@ -182,3 +182,15 @@ def test_every_import_goes_down_or_across_the_layers(graph):
                     for m, targets in edges.items() if m != "daal_ray" for t in targets
                     if layer_of(t) > layer_of(m))
     assert upward == []
+
+
+def test_the_aldriver_module_stays_light():
+    """A sweep starts one ALDriver process per experiment: its module must not pull in torch
+    or the strategies (about 100 MB per process instead of about 650)."""
+    import subprocess
+    import sys
+
+    code = "import sys, daal_ray.driver; print(sorted(m for m in ('torch', 'daal_ray.acquisition', 'daal_ray.config') " \
+           "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
