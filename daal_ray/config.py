@@ -14,7 +14,6 @@ final 0.40); per-dataset training recipes live with each dataset.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -91,6 +90,13 @@ class ExperimentConfig(Config):
     def schedule(self, pool_size: int) -> tuple[int, int, int]:
         """Return ``(initial, per_cycle, selection_rounds)`` for a pool of ``pool_size``.
 
+        The rounds label up to the target, ``round(final_fraction x pool_size)``, and never
+        past it: every batch is ``per_cycle`` samples but the last, which is what remains
+        to the target (:meth:`batch_size`). The number of rounds is the nearest whole
+        number of batches to the target, as the initial pool rounds to the nearest sample:
+        a remainder of less than half a batch is not worth a training cycle of its own (the
+        run then stops short of the target by it), one of half a batch or more gets one.
+
         Raises:
             ConfigError: when the budget is larger than the pool or the protocol
                 labels nothing.
@@ -98,7 +104,7 @@ class ExperimentConfig(Config):
         if pool_size < 2:
             raise ConfigError(f"the training pool has {pool_size} samples; at least 2 are needed")
         initial = max(1, int(round(self.initial_fraction * pool_size)))
-        target = int(round(self.final_fraction * pool_size))
+        target = self.target(pool_size)
         per_cycle = self.budget or max(1, int(round(self.step_fraction * pool_size)))
         if per_cycle > pool_size - initial:
             raise ConfigError(
@@ -106,8 +112,21 @@ class ExperimentConfig(Config):
                 f"({pool_size - initial} of {pool_size} samples after the initial {initial}); "
                 f"lower ExperimentConfig.budget or step_fraction"
             )
-        rounds = max(0, math.ceil((target - initial) / per_cycle))
+        # Nearest whole number of batches, halves up, in integers.
+        rounds = max(0, (2 * (target - initial) + per_cycle) // (2 * per_cycle))
         return initial, per_cycle, rounds
+
+    def target(self, pool_size: int) -> int:
+        """How many samples are labeled when the protocol ends: ``final_fraction`` of the
+        pool, rounded like the initial pool (at least the initial pool)."""
+        initial = max(1, int(round(self.initial_fraction * pool_size)))
+        return min(pool_size, max(initial, int(round(self.final_fraction * pool_size))))
+
+    def batch_size(self, pool_size: int, num_labeled: int) -> int:
+        """How many samples a selection round with ``num_labeled`` labeled ones takes: the
+        per-cycle budget, or what remains to the target (0 once it is reached)."""
+        _, per_cycle, _ = self.schedule(pool_size)
+        return max(0, min(per_cycle, self.target(pool_size) - num_labeled))
 
 
 def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import ray
@@ -24,10 +24,10 @@ import ray.train
 import ray.train.torch
 import torch
 
-from daal_ray.acquisition import FitContext, build_strategy
+from daal_ray.acquisition import FitContext, Strategy, build_strategy
 from daal_ray.config import ExperimentConfig
 from daal_ray.data import PoolDataset, open_dataset
-from daal_ray.diagnostics import batch_redundancy
+from daal_ray.diagnostics import batch_redundancy, cycle_informativeness
 from daal_ray.driver import NAMESPACE
 from daal_ray.errors import PoolStateError
 from daal_ray.models import build_model
@@ -38,7 +38,7 @@ from daal_ray.training import METRICS, FitStats, evaluate, fit_task_model, load_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["experiment_loop", "group_loop", "initial_pool", "oracle_labels", "select_batch", "train_cycle_model"]
+__all__ = ["Selection", "experiment_loop", "group_loop", "initial_pool", "oracle_labels", "select_batch", "train_cycle_model"]
 
 
 def initial_pool(pool_ids: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -112,18 +112,22 @@ def experiment_loop(loop_config: dict[str, Any]) -> None:
             "selection_s": 0.0, "startup_s": startup_s, "config": json.dumps(cfg.to_dict(), sort_keys=True),
         }
         startup_s = 0.0
-        last = cycle >= rounds or labeled.size >= len(pool_ids)
-        batch = None
+        k = cfg.batch_size(len(pool_ids), int(labeled.size))
+        last = cycle >= rounds or k == 0
+        picked = None
         if not last:
-            batch = _select(cfg, dataset, pool_ids, labeled, cycle, min(per_cycle, len(pool_ids) - labeled.size),
-                            ckpt_dir, run_dir, row, device,
-                            labels=labels if dataset.task == "classification" else None)
+            picked = _select(cfg, dataset, pool_ids, labeled, cycle, k, ckpt_dir, run_dir, row, device,
+                             labels=labels if dataset.task == "classification" else None)
+        batch = picked.ids if picked is not None else None
         if rank == 0:
             row["cycle_s"] = time.perf_counter() - t_cycle
             row["overhead_s"] = max(0.0, row["cycle_s"] - sum(row[c] for c in STEP_COLUMNS if c != "overhead_s"))
             if batch is not None:
                 row["num_selected"] = int(batch.size)
-                row.update(batch_redundancy(cfg, dataset, batch, ckpt_dir / "model.pt", device))  # diagnostic, untimed
+                # Diagnostics, untimed (outside cycle_s): redundancy and informativeness of the batch.
+                row.update(batch_redundancy(cfg, dataset, batch, ckpt_dir / "model.pt", device))
+                row.update(cycle_informativeness(cfg, dataset, picked.strategy, pool_ids, labeled, batch,
+                                                 ckpt_dir / "model.pt"))
             # The row is durable before the batch is proposed: a crash in between re-runs this
             # cycle (same model, same selection) and replaces the row; after the proposal the
             # pending path commits the batch, and the cycle's row is already there.
@@ -175,19 +179,26 @@ def train_cycle_model(cfg: ExperimentConfig, dataset: PoolDataset, labeled: np.n
     return value, train_s, stats
 
 
-def _select(*args: Any, **kwargs: Any) -> Optional[np.ndarray]:
-    """The cycle loop's selection step: the ids of :func:`select_batch`."""
-    picked = select_batch(*args, **kwargs)
-    return None if picked is None else picked[0]
+class Selection(NamedTuple):
+    """A cycle's selection: the ids in pick order, their scores, and the fitted strategy."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    strategy: Strategy
+
+
+def _select(*args: Any, **kwargs: Any) -> Optional[Selection]:
+    """The cycle loop's selection step (:func:`select_batch`; a seam for fault injection)."""
+    return select_batch(*args, **kwargs)
 
 
 def select_batch(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarray, labeled: np.ndarray, cycle: int,
                  k: int, ckpt_dir: Path, run_dir: Path, row: dict[str, Any], device: torch.device,
-                 labels: Optional[np.ndarray] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
+                 labels: Optional[np.ndarray] = None) -> Optional[Selection]:
     """Features -> fit -> select (``Strategy.select``: top-K or the strategy's own) for the
     next cycle. ``labels`` are those of ``labeled`` (sorted ids). Every rank calls it;
-    returns ``(ids in pick order, their scores)`` on rank 0, None on the others. The
-    step timings go into ``row``."""
+    returns the :class:`Selection` on rank 0, None on the others. The step timings go into
+    ``row``."""
     rank, _ = world()
     strategy = build_strategy(cfg.acquisition, seed=cfg.seed, cycle=cycle)
     trains = strategy.trains
@@ -200,7 +211,7 @@ def select_batch(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarr
                                          in_channels=dataset.in_channels, checkpoint=str(ckpt_dir / "model.pt"),
                                          scale=cfg.scale, acquisition=cfg.acquisition, strategy=strategy)
             features = extract_features(features, predictor, cfg.scale)
-            if trains:  # fitting and scoring both read the features: compute them once
+            if trains or strategy.multipass:  # read more than once: compute them once
                 features = features.materialize()
         row["features_s"] = time.perf_counter() - t0
     ctx = FitContext(features=features, num_labeled=int(labeled.size), cycle=cycle, run_dir=str(run_dir),
@@ -221,7 +232,7 @@ def select_batch(cfg: ExperimentConfig, dataset: PoolDataset, pool_ids: np.ndarr
     row["scoring_s"] = time.perf_counter() - t0 - merge_s
     if ids.size != k:
         raise PoolStateError(f"selection returned {ids.size} ids, expected {k}")
-    return ids, scores
+    return Selection(ids, scores, strategy)
 
 
 def group_loop(loop_config: dict[str, Any]) -> None:

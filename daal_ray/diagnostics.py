@@ -1,12 +1,22 @@
-"""Per-cycle diagnostics of a selected batch, recorded in its results row.
+"""Per-cycle diagnostics of a selection, recorded in its results row.
 
-:func:`batch_redundancy` measures how redundant a batch is (the paper's overlapping
-problem): the mean pairwise cosine similarity of its task-model features and the entropy
-of its classes. :mod:`daal_ray.report` draws and tabulates them.
+Two questions, for every strategy and cycle:
+
+* **Is the batch redundant?** (the paper's overlapping problem) :func:`batch_redundancy`:
+  the mean pairwise cosine similarity of the batch's task-model features and the entropy of
+  its classes.
+* **Does the score carry information, and about what?** :func:`cycle_informativeness`,
+  with the simulated oracle: the AUROC of the strategy's score for "the current model
+  misclassifies this unlabeled sample" (0.5 = none), its rank correlation with the model's
+  per-sample loss and with the predictive entropy, and how far the batch lies from the
+  labeled set.
+
+:mod:`daal_ray.report` draws and tabulates them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Optional
@@ -14,12 +24,22 @@ from typing import Optional
 import numpy as np
 import torch
 
+from daal_ray.acquisition import Strategy
+from daal_ray.acquisition.entropy import predictive_entropy
+from daal_ray.acquisition.rss import random_subset
 from daal_ray.config import ExperimentConfig
 from daal_ray.data import PoolDataset
 from daal_ray.models import build_model
+from daal_ray.runtime import derive_seed
+from daal_ray.scoring import PoolPredictor, predictor_kwargs
+from daal_ray.selection import min_sq_distances
 from daal_ray.training import load_state_dict
 
-__all__ = ["batch_redundancy", "class_entropy", "distribution_entropy", "mean_pairwise_cosine"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["DIAGNOSTIC_SAMPLE", "auroc", "average_ranks", "batch_redundancy",
+           "class_entropy", "cycle_informativeness", "distribution_entropy", "informativeness", "mean_pairwise_cosine",
+           "spearman"]
 
 
 def mean_pairwise_cosine(sum_unit: np.ndarray, sum_sq_norm: float, k: int) -> float:
@@ -94,3 +114,128 @@ def batch_redundancy(cfg: ExperimentConfig, dataset: PoolDataset, ids: np.ndarra
     else:  # dense targets: the batch's mean class composition (each image's non-void pixels)
         entropy = distribution_entropy(dataset.class_frequencies("train", ids).mean(0)) if ids.size else float("nan")
     return {"batch_cosine": cosine, "batch_class_entropy": entropy}
+
+
+# ====================================================================== informativeness
+# Unlabeled (and labeled) samples the per-cycle informativeness diagnostics read at most: a
+# bounded, seeded sample, so the diagnostics cost O(sample) whatever the pool's size.
+DIAGNOSTIC_SAMPLE = 4096
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x``, ties given their average rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(x.size, dtype=np.float64)
+    sx = x[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sx)) + 1]
+    ends = np.r_[starts[1:], x.size]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = 0.5 * (a + b - 1) + 1.0
+    return ranks
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U,
+    ties counted half): the chance that a random positive outscores a random negative.
+    NaN without both classes."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = average_ranks(s)
+    return float((r[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties averaged); NaN when either side is constant."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def informativeness(scores: Optional[np.ndarray], probs: np.ndarray, labels: Optional[np.ndarray],
+                    entropy: Optional[np.ndarray] = None) -> dict[str, float]:
+    """What a strategy's scores say about the current model, on unlabeled samples whose
+    oracle labels are known (the simulated oracle).
+
+    Returns:
+        ``auroc_wrong``: AUROC of the score for "the model misclassifies this sample" (0.5 =
+        no information); ``spearman_loss`` and ``spearman_entropy``: rank correlation of
+        the score with the sample's cross-entropy loss and with the predictive entropy. NaN
+        where the strategy has no per-sample score (core-set) or there are no labels
+        (dense targets). ``entropy`` overrides the entropy computed from ``probs`` (the
+        mean pixel entropy of dense predictions).
+    """
+    nan = float("nan")
+    out = {"auroc_wrong": nan, "spearman_loss": nan, "spearman_entropy": nan}
+    if scores is None or len(scores) == 0:
+        return out
+    p = np.asarray(probs, dtype=np.float64).reshape(len(scores), -1)
+    out["spearman_entropy"] = spearman(scores, predictive_entropy(p) if entropy is None else entropy)
+    if labels is not None:
+        y = np.asarray(labels, dtype=np.int64)
+        out["auroc_wrong"] = auroc(scores, p.argmax(axis=1) != y)
+        out["spearman_loss"] = spearman(scores, -np.log(np.clip(p[np.arange(y.size), y], 1e-12, 1.0)))
+    return out
+
+
+def _predict(predictor: PoolPredictor, ids: np.ndarray, step: int) -> dict[str, np.ndarray]:
+    """The pool predictor's output for ``ids`` (all unlabeled), in chunks of ``step``."""
+    parts = [predictor({"sample_id": ids[i:i + step], "labeled": np.zeros(min(step, ids.size - i), bool)})
+             for i in range(0, ids.size, step)]
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if parts else {}
+
+
+def cycle_informativeness(cfg: ExperimentConfig, dataset: PoolDataset, strategy: Strategy, pool_ids: np.ndarray,
+                          labeled: np.ndarray, batch: np.ndarray, checkpoint: str | Path,
+                          sample: int = DIAGNOSTIC_SAMPLE) -> dict[str, float]:
+    """The informativeness diagnostics of one cycle's selection, for its results row.
+
+    The cycle's own pool predictor (:func:`daal_ray.scoring.predictor_kwargs`: the model,
+    a strategy's joint head, MC dropout's passes) runs here on a seeded uniform sample of
+    at most ``sample`` unlabeled ids, the fitted ``strategy`` scores them, and the
+    simulated oracle's labels say which the model gets wrong (:func:`informativeness`).
+    ``batch_labeled_distance`` is the mean Euclidean distance, in the model's features, from
+    each selected sample to its nearest labeled one (at most ``sample`` labeled ids, a
+    seeded sample). Memory and time are O(sample), whatever the pool's size.
+    """
+    threads = torch.get_num_threads()  # the predictor sets its own; the caller's training must keep its count
+    try:
+        return _informativeness(cfg, dataset, strategy, pool_ids, labeled, batch, checkpoint, sample)
+    except Exception as exc:  # a diagnostic never stops a run: the cycle would fail the same way on retry
+        logger.warning("%s cycle %d: informativeness diagnostics failed (%s: %s); recorded as NaN", cfg.name,
+                       strategy.cycle, type(exc).__name__, exc)
+        return {c: float("nan") for c in ("auroc_wrong", "spearman_loss", "spearman_entropy",
+                                          "batch_labeled_distance")}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _informativeness(cfg: ExperimentConfig, dataset: PoolDataset, strategy: Strategy, pool_ids: np.ndarray,
+                     labeled: np.ndarray, batch: np.ndarray, checkpoint: str | Path, sample: int) -> dict[str, float]:
+    key = derive_seed(cfg.seed, strategy.cycle, 0xD1A6)
+    unlabeled = np.setdiff1d(np.asarray(pool_ids, np.int64), np.asarray(labeled, np.int64))
+    ids = random_subset(unlabeled, sample, key)
+    predictor = PoolPredictor(**predictor_kwargs(
+        data=cfg.data, model_name=cfg.train.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+        checkpoint=str(checkpoint), scale=cfg.scale, acquisition=cfg.acquisition, strategy=strategy))
+    step = cfg.scale.inference_batch_size
+    out = _predict(predictor, ids, step)
+    try:
+        scores = np.asarray(strategy.diagnostic_score(out), dtype=np.float64).reshape(-1) if ids.size else None
+    except NotImplementedError:  # selects without a per-sample score (core-set)
+        scores = None
+    labels = dataset.targets("train", ids) if dataset.task == "classification" and ids.size else None
+    row = informativeness(scores, out.get("probs", np.zeros((0, 1))), labels, out.get("entropy"))
+    centres = _predict(predictor, random_subset(np.asarray(labeled, np.int64), sample, key), step)
+    picked = _predict(predictor, np.asarray(batch, np.int64), step)
+    if centres and picked:
+        d = min_sq_distances(torch.as_tensor(picked["features"]).flatten(1).double(),
+                             torch.as_tensor(centres["features"]).flatten(1).double())
+        row["batch_labeled_distance"] = float(d.sqrt().mean())
+    else:
+        row["batch_labeled_distance"] = float("nan")
+    return row

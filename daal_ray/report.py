@@ -11,8 +11,15 @@ What is drawn and printed, per (dataset, budget) group of experiments:
 * the redundancy of each selected batch, mean pairwise cosine similarity of its task-model
   features and the entropy of its classes, against the labeled fraction (the paper's
   overlapping problem): ``batch_redundancy.png``;
+* the informativeness of each cycle's score (AUROC for the model's errors, rank
+  correlation with its loss and with predictive entropy) and how far each batch lies from
+  the labeled set (:mod:`daal_ray.diagnostics`): ``informativeness.png``;
+* the pairwise win/tie/loss matrix of the strategies over every group (Luth et al. 2023):
+  ``win_tie_loss.png``;
 * ``report.txt``: the metric at each labeled fraction, AULC, each strategy's paired
-  difference against the reference (random) over seeds, and the mean redundancy.
+  difference against the reference (random) over seeds with the p-values of a paired
+  t-test and a Wilcoxon signed-rank test and a plain verdict, the mean redundancy and
+  informativeness, and the win/tie/loss matrix.
 
 A *variant* is a strategy plus the params that differ between the experiments of that
 strategy in the table (``daal[use_rdis=False]``), so ablations of one strategy get one
@@ -30,15 +37,18 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+from scipy import stats
 
 from daal_ray.acquisition import get_strategy_class
 from daal_ray.atomic_io import atomic_write, atomic_write_text
 from daal_ray.errors import ConfigError
-from daal_ray.results import RESULTS_FILE, SCHEMA, combine, conform, read_results
+from daal_ray.results import DIAGNOSTIC_COLUMNS, RESULTS_FILE, SCHEMA, combine, conform, read_results
 
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
+# The informativeness diagnostics (daal_ray.diagnostics.cycle_informativeness) among the result columns.
+INFORMATIVENESS = DIAGNOSTIC_COLUMNS[2:]
 FRACTION_DECIMALS = 4
 
 
@@ -153,8 +163,11 @@ def aulc(fractions: np.ndarray, values: np.ndarray) -> float:
 
 def per_seed(table: pa.Table) -> dict[str, dict[int, tuple[float, float]]]:
     """Per variant and seed: ``(AULC, metric at the largest labeled fraction)``."""
+    return _per_seed(_records(table))
+
+
+def _per_seed(rows: list[dict[str, Any]]) -> dict[str, dict[int, tuple[float, float]]]:
     out: dict[str, dict[int, tuple[float, float]]] = {}
-    rows = _records(table)
     for variant, seed in sorted({(r["variant"], r["seed"]) for r in rows}):
         mine = sorted((r for r in rows if r["variant"] == variant and r["seed"] == seed), key=lambda r: r["frac"])
         fr = np.array([r["labeled_fraction"] for r in mine])
@@ -181,6 +194,9 @@ class PairedDifference:
         final_mean, final_std: the same for the metric at the largest labeled fraction.
         wins: seeds where the variant's AULC is higher than the reference's.
         n: the number of paired seeds.
+        p_t: two-sided p-value of the paired t-test on the per-seed AULCs (NaN below 2 seeds).
+        p_wilcoxon: two-sided p-value of the Wilcoxon signed-rank test on them (exact for
+            small n; NaN below 2 seeds or when every difference is 0).
     """
 
     aulc_mean: float
@@ -189,6 +205,26 @@ class PairedDifference:
     final_std: float
     wins: int
     n: int
+    p_t: float = float("nan")
+    p_wilcoxon: float = float("nan")
+
+
+def paired_tests(diffs: np.ndarray) -> tuple[float, float]:
+    """Two-sided p-values of the paired t-test and the Wilcoxon signed-rank test on the
+    per-seed differences ``diffs``; NaN where a test is undefined (fewer than 2 seeds, or
+    no spread)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size < 2:
+        return float("nan"), float("nan")
+    sd = d.std(ddof=1)
+    p_t = float(2.0 * stats.t.sf(abs(d.mean()) / (sd / math.sqrt(d.size)), df=d.size - 1)) if sd > 0 else float("nan")
+    if np.all(d == 0):
+        return p_t, float("nan")
+    try:
+        p_w = float(stats.wilcoxon(d, alternative="two-sided").pvalue)
+    except ValueError:
+        p_w = float("nan")
+    return p_t, p_w
 
 
 def paired_differences(table: pa.Table, reference: str = "random") -> dict[str, PairedDifference]:
@@ -207,7 +243,49 @@ def paired_differences(table: pa.Table, reference: str = "random") -> dict[str, 
         da = np.array([seeds[variant][s][0] - ref[s][0] for s in common])
         dfin = np.array([seeds[variant][s][1] - ref[s][1] for s in common])
         out[variant] = PairedDifference(float(da.mean()), float(da.std()), float(dfin.mean()), float(dfin.std()),
-                                        int((da > 0).sum()), len(common))
+                                        int((da > 0).sum()), len(common), *paired_tests(da))
+    return out
+
+
+def win_tie_loss(table: pa.Table, alpha: float = 0.05) -> tuple[list[str], np.ndarray]:
+    """Pairwise comparison of every two variants (Luth et al. 2023), over every (dataset,
+    budget) group where both ran at least 2 common seeds: ``A`` wins against ``B`` in a
+    group when its per-seed AULC is higher by a paired t-test at ``alpha``, loses when it
+    is lower, and ties otherwise.
+
+    Returns:
+        ``(variants, counts)``: ``counts[i, j] = (wins, ties, losses)`` of variant ``i``
+        against ``j``, summed over the groups.
+    """
+    rows = _records(table)  # variants labelled over the whole table, so every group names them alike
+    variants = _order({r["variant"] for r in rows})
+    index = {v: i for i, v in enumerate(variants)}
+    counts = np.zeros((len(variants), len(variants), 3), dtype=np.int64)
+    for key in sorted({(r["dataset"], r["budget"]) for r in rows}, key=lambda k: (str(k[0]), k[1] or 0)):
+        seeds = _per_seed([r for r in rows if (r["dataset"], r["budget"]) == key])
+        for a in seeds:
+            for b in seeds:
+                common = sorted(set(seeds[a]) & set(seeds[b]))
+                if a == b or len(common) < 2:
+                    continue
+                d = np.array([seeds[a][s][0] - seeds[b][s][0] for s in common])
+                p_t, _ = paired_tests(d)
+                outcome = 1 if not p_t < alpha else (0 if d.mean() > 0 else 2)
+                counts[index[a], index[b], outcome] += 1
+    return variants, counts
+
+
+def diagnostics_summary(table: pa.Table) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per variant and informativeness column: mean and std over every selected batch
+    (cycles and seeds) that has the value, and their number."""
+    rows = [r for r in _records(table) if r.get("num_selected")]
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for variant in _order({r["variant"] for r in rows}):
+        for col in INFORMATIVENESS:
+            v = np.array([r[col] for r in rows if r["variant"] == variant and r.get(col) is not None], float)
+            v = v[np.isfinite(v)]
+            out.setdefault(variant, {})[col] = (float(v.mean()) if v.size else float("nan"),
+                                                float(v.std()) if v.size else float("nan"), int(v.size))
     return out
 
 
@@ -259,11 +337,63 @@ def format_paired(table: pa.Table, reference: str = "random") -> str:
     if not diffs:
         return f"(no paired seeds against {reference})"
     width = max(14, 2 + max(map(len, diffs)))
-    lines = [f"paired difference against {reference} over seeds (mean +- std of per-seed differences, points)",
-             f"{'strategy':<{width}}{'AULC':>18}{'final':>18}{'AULC wins':>11}"]
+    lines = [f"paired difference against {reference} over seeds (mean +- std of per-seed differences, points; "
+             f"p: two-sided paired t-test and Wilcoxon signed-rank on the AULCs)",
+             f"{'strategy':<{width}}{'AULC':>18}{'final':>18}{'AULC wins':>11}{'p (t)':>9}{'p (W)':>9}  verdict"]
     for variant, d in diffs.items():
         lines.append(f"{variant:<{width}}{_pct(d.aulc_mean, True) + ' +- ' + _pct(d.aulc_std):>18}"
-                     f"{_pct(d.final_mean, True) + ' +- ' + _pct(d.final_std):>18}{f'{d.wins}/{d.n}':>11}")
+                     f"{_pct(d.final_mean, True) + ' +- ' + _pct(d.final_std):>18}{f'{d.wins}/{d.n}':>11}"
+                     f"{_p(d.p_t):>9}{_p(d.p_wilcoxon):>9}  {_verdict(d, reference)}")
+    return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    return "-" if not math.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
+def _verdict(d: PairedDifference, reference: str) -> str:
+    """Plain words: better or worse than the reference only where the t-test says so at 5%."""
+    if d.n < 2:
+        return f"too few seeds to tell ({d.n})"
+    if not math.isfinite(d.p_t):
+        return f"no spread over {d.n} seeds: the test is undefined"
+    if d.p_t >= 0.05:
+        return f"not distinguishable from {reference}"
+    return f"{'beats' if d.aulc_mean > 0 else 'trails'} {reference}"
+
+
+def format_win_tie_loss(table: pa.Table, alpha: float = 0.05) -> str:
+    """The pairwise win/tie/loss matrix over every group (row against column)."""
+    variants, counts = win_tie_loss(table, alpha)
+    if not counts.sum():
+        return "(no pair of strategies with 2 or more common seeds: no win/tie/loss matrix)"
+    width = max(14, 2 + max(map(len, variants)))
+    cell = max(9, max(len(v) for v in variants) + 1)
+    lines = [f"pairwise wins/ties/losses of the row against the column over (dataset, budget) groups "
+             f"(paired t-test on per-seed AULC at {alpha:g})",
+             " " * width + "".join(f"{v:>{cell}}" for v in variants) + f"{'total':>{cell + 2}}"]
+    for i, v in enumerate(variants):
+        cells = ["-" if i == j else "/".join(map(str, counts[i, j])) for j in range(len(variants))]
+        total = "/".join(map(str, counts[i].sum(axis=0)))
+        lines.append(f"{v:<{width}}" + "".join(f"{c:>{cell}}" for c in cells) + f"{total:>{cell + 2}}")
+    return "\n".join(lines)
+
+
+def format_diagnostics(table: pa.Table) -> str:
+    """Mean informativeness of each variant's score, over its selected batches."""
+    summary = diagnostics_summary(table)
+    if not summary or not any(n for cols in summary.values() for _, _, n in cols.values()):
+        return "(no informativeness diagnostics recorded)"
+    width = max(14, 2 + max(map(len, summary)))
+    names = {"auroc_wrong": "AUROC wrong", "spearman_loss": "rho loss", "spearman_entropy": "rho entropy",
+             "batch_labeled_distance": "dist labeled"}
+    lines = ["informativeness of the score on unlabeled samples (mean +- std over batches; AUROC for 'the model "
+             "misclassifies it', 0.5 = no information; Spearman rho with the model's loss and predictive entropy; "
+             "mean distance of the batch to the labeled set in task features)",
+             f"{'strategy':<{width}}" + "".join(f"{names[c]:>18}" for c in INFORMATIVENESS)]
+    for variant, cols in summary.items():
+        lines.append(f"{variant:<{width}}" + "".join(
+            f"{(f'{m:.3f} +- {sd:.3f}' if n else '-'):>18}" for m, sd, n in (cols[c] for c in INFORMATIVENESS)))
     return "\n".join(lines)
 
 
@@ -295,7 +425,8 @@ def format_report(table: pa.Table, reference: str = "random") -> str:
     for key, sub in groups(table):
         title = _group_title(key, sub)
         blocks.append("\n\n".join([f"== {title} ==", format_table(sub), format_paired(sub, reference),
-                                   format_redundancy(sub)]))
+                                   format_redundancy(sub), format_diagnostics(sub)]))
+    blocks.append("== all groups ==\n\n" + format_win_tie_loss(table))
     return "\n\n\n".join(blocks)
 
 
@@ -420,45 +551,91 @@ def plot_ablation_bars(table: pa.Table, out: str | Path) -> Path:
     return _save(fig, Path(out))
 
 
-def plot_redundancy(table: pa.Table, out: str | Path) -> Path:
-    """Selected-batch redundancy against the labeled fraction at selection time, per variant,
-    mean +- std over seeds: cosine similarity (left) and class entropy (right)."""
+def _plot_per_batch(table: pa.Table, out: str | Path, panels: Sequence[tuple[str, str, str]],
+                    xlabel: str = "labeled samples when the batch was selected (% of the pool)") -> Path:
+    """One panel per ``(column, y label, title)``: the column of each selected batch against
+    the labeled fraction at selection time, per variant (and per (dataset, budget) group
+    when there are several), mean +- std over seeds."""
     plt = _pyplot()
-    rows = [r for r in _records(table) if r.get("num_selected") and r.get("batch_cosine") is not None
-            and math.isfinite(r["batch_cosine"])]
+    rows = [r for r in _records(table) if r.get("num_selected")]
     variants = _order({r["variant"] for r in rows})
     colors = _colors(_order(set(variant_labels(table)))) if table.num_rows else {}
-    # One line per variant and (dataset, budget) group: the overlap grows as the budget shrinks.
     keys = sorted({(r["dataset"], r["budget"]) for r in rows}, key=lambda k: (str(k[0]), k[1] or 0))
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), dpi=120)
-    for ax, col, label in ((axes[0], "batch_cosine", "mean pairwise cosine similarity of the batch's features"),
-                           (axes[1], "batch_class_entropy", "class entropy of the batch (1 = balanced)")):
+    cols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.25 * cols, 4.2 * nrows), dpi=120, squeeze=False)
+    drawn = False
+    for ax, (col, label, title) in zip(axes.flat, panels):
         for v in variants:
             for g, key in enumerate(keys):
                 by: dict[float, list[float]] = {}
                 for r in rows:
-                    if (r["variant"] == v and (r["dataset"], r["budget"]) == key and r[col] is not None
+                    if (r["variant"] == v and (r["dataset"], r["budget"]) == key and r.get(col) is not None
                             and math.isfinite(r[col])):
                         by.setdefault(r["frac"], []).append(r[col])
                 if not by:
                     continue
+                drawn = True
                 fr = np.array(sorted(by))
                 m = np.array([np.mean(by[f]) for f in fr])
-                s = np.array([np.std(by[f]) for f in fr])
+                sd = np.array([np.std(by[f]) for f in fr])
                 name = v if len(keys) == 1 else f"{v}, {key[0]} budget {key[1]}"
                 ax.plot(100 * fr, m, marker="o", ms=3.5, color=colors.get(v), linestyle=styles[g % len(styles)],
                         label=name)
-                ax.fill_between(100 * fr, m - s, m + s, color=colors.get(v), alpha=0.15, linewidth=0)
-                ax.errorbar(100 * fr, m, yerr=s, fmt="none", ecolor=colors.get(v), capsize=2, alpha=0.6)
-        ax.set_xlabel("labeled samples when the batch was selected (% of the pool)")
+                ax.fill_between(100 * fr, m - sd, m + sd, color=colors.get(v), alpha=0.15, linewidth=0)
+        ax.set_xlabel(xlabel, fontsize=9)
         ax.set_ylabel(label, fontsize=9)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].set_ylim(0, 1.05)
-    axes[0].set_title("redundancy of each selected batch (higher = more overlap)", fontsize=10)
-    axes[1].set_title("class coverage of each selected batch", fontsize=10)
-    if variants:
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if drawn:  # one legend for every variant of every panel (a panel may lack some: core-set has no score)
+        seen: dict[str, Any] = {}
+        for ax in axes.flat:
+            for handle, name in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(name, handle)
+        axes.flat[cols - 1].legend(list(seen.values()), list(seen), fontsize=7, loc="center left",
+                                   bbox_to_anchor=(1.02, 0.5))
+    return _save(fig, Path(out))
+
+
+def plot_redundancy(table: pa.Table, out: str | Path) -> Path:
+    """Selected-batch redundancy against the labeled fraction at selection time, per variant,
+    mean +- std over seeds: cosine similarity (left) and class entropy (right)."""
+    return _plot_per_batch(table, out, [
+        ("batch_cosine", "mean pairwise cosine similarity of the batch's features",
+         "redundancy of each selected batch (higher = more overlap)"),
+        ("batch_class_entropy", "class entropy of the batch (1 = balanced)", "class coverage of each selected batch"),
+    ])
+
+
+def plot_informativeness(table: pa.Table, out: str | Path) -> Path:
+    """The informativeness diagnostics of each cycle's score and batch, per variant."""
+    return _plot_per_batch(table, out, [
+        ("auroc_wrong", "AUROC of the score for a misclassified sample", "does the score find the model's errors? "
+                                                                         "(0.5 = no)"),
+        ("spearman_loss", "Spearman rho of the score with the sample's loss", "score vs loss"),
+        ("spearman_entropy", "Spearman rho of the score with predictive entropy", "score vs uncertainty"),
+        ("batch_labeled_distance", "mean distance of the batch to the labeled set", "how far the batch reaches"),
+    ])
+
+
+def plot_win_tie_loss(table: pa.Table, out: str | Path, alpha: float = 0.05) -> Path:
+    """The win/tie/loss matrix (:func:`win_tie_loss`) as a heat map of wins minus losses."""
+    plt = _pyplot()
+    variants, counts = win_tie_loss(table, alpha)
+    n = max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(1.1 * n + 3, 0.8 * n + 2), dpi=120)
+    net = counts[..., 0] - counts[..., 2] if variants else np.zeros((1, 1))
+    lim = max(1, int(np.abs(net).max()))
+    ax.imshow(net, cmap="RdYlGn", vmin=-lim, vmax=lim)
+    for i in range(len(variants)):
+        for j in range(len(variants)):
+            ax.text(j, i, "-" if i == j else "/".join(map(str, counts[i, j])), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(variants)), variants, fontsize=8)
+    ax.set_title(f"row vs column: wins/ties/losses (paired t-test on AULC, {alpha:g})", fontsize=10)
     return _save(fig, Path(out))
 
 
@@ -489,6 +666,8 @@ def build_report(run_dir: str | Path, out_dir: Optional[str | Path] = None, refe
         "budget_panels": plot_budget_panels(table, out / "budget_panels.png"),
         "ablation_bars": plot_ablation_bars(table, out / "ablation_bars.png"),
         "batch_redundancy": plot_redundancy(table, out / "batch_redundancy.png"),
+        "informativeness": plot_informativeness(table, out / "informativeness.png"),
+        "win_tie_loss": plot_win_tie_loss(table, out / "win_tie_loss.png"),
     }
     text = format_report(table, reference)
     path = out / "report.txt"
@@ -497,8 +676,9 @@ def build_report(run_dir: str | Path, out_dir: Optional[str | Path] = None, refe
 
 
 __all__ = [
-    "PairedDifference", "Report", "SCHEMA", "aulc", "aulc_summary", "build_report",
-    "curve_summary", "format_paired", "format_redundancy", "format_report", "format_table",
-    "groups", "load_run", "paired_differences", "per_seed", "plot_ablation_bars",
-    "plot_budget_panels", "plot_learning_curves", "plot_redundancy", "redundancy_summary", "variant_labels",
+    "PairedDifference", "Report", "SCHEMA", "aulc", "aulc_summary", "build_report", "curve_summary",
+    "diagnostics_summary", "format_diagnostics", "format_paired", "format_redundancy", "format_report",
+    "format_table", "format_win_tie_loss", "groups", "load_run", "paired_differences", "paired_tests", "per_seed",
+    "plot_ablation_bars", "plot_budget_panels", "plot_informativeness", "plot_learning_curves", "plot_redundancy",
+    "plot_win_tie_loss", "redundancy_summary", "variant_labels", "win_tie_loss",
 ]

@@ -4,9 +4,10 @@ Rows are written by atomic replace and keyed by (experiment, cycle): re-running 
 after a crash replaces its row instead of adding a second one. Summaries, tables and
 figures live in :mod:`daal_ray.report`.
 
-Columns added after the first release carry a default, so older files still read:
-``batch_cosine`` and ``batch_class_entropy`` (the redundancy of the batch selected at
-that cycle, see :func:`daal_ray.report.batch_redundancy`) read as NaN.
+Columns added after the first release carry a default, so older files still read: the
+per-cycle diagnostics (:data:`DIAGNOSTIC_COLUMNS`: the redundancy of the batch selected at
+that cycle and the informativeness of the strategy's score, see :mod:`daal_ray.diagnostics`)
+read as NaN.
 """
 
 from __future__ import annotations
@@ -38,13 +39,19 @@ SCHEMA = pa.schema([
     ("num_selected", pa.int64()),
     ("batch_cosine", pa.float64()),
     ("batch_class_entropy", pa.float64()),
+    ("auroc_wrong", pa.float64()),
+    ("spearman_loss", pa.float64()),
+    ("spearman_entropy", pa.float64()),
+    ("batch_labeled_distance", pa.float64()),
     *[(c, pa.float64()) for c in STEP_COLUMNS],
     ("startup_s", pa.float64()),
     ("cycle_s", pa.float64()),
     ("config", pa.string()),
 ])
 # Value a column takes in files written before it existed (absent = null).
-COLUMN_DEFAULTS: dict[str, Any] = {"batch_cosine": float("nan"), "batch_class_entropy": float("nan")}
+DIAGNOSTIC_COLUMNS = ("batch_cosine", "batch_class_entropy", "auroc_wrong", "spearman_loss", "spearman_entropy",
+                      "batch_labeled_distance")
+COLUMN_DEFAULTS: dict[str, Any] = {c: float("nan") for c in DIAGNOSTIC_COLUMNS}
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -372,10 +372,18 @@ def _fit(strategy: Strategy, features: Any, labeled_ids: Optional[np.ndarray], d
     return time.perf_counter() - t0
 
 
-def _check_topk(strategy: Strategy) -> None:
-    if type(strategy).select is not Strategy.select:
+def _check_streams(strategy: Strategy) -> None:
+    if not strategy.streams:
         raise ConfigError(f"strategy {strategy.name!r} selects by its own method over the whole pool "
                           f"(O(N d) memory), not by a top-K of scores; it cannot score a pool from storage")
+
+
+def _check_topk(strategy: Strategy) -> None:
+    _check_streams(strategy)
+    if type(strategy).select is not Strategy.select:
+        raise ConfigError(f"strategy {strategy.name!r} selects in two passes over the features; id shards "
+                          f"have none to read back: extract the features to shards and use "
+                          f"select_from_features (daal-ray score --features)")
 
 
 def select_from_features(source: Source, strategy: Strategy, k: int, labeled_ids: Optional[Iterable[int]] = None,
@@ -399,13 +407,13 @@ def select_from_features(source: Source, strategy: Strategy, k: int, labeled_ids
     Raises:
         DataError: bad shards (named), duplicate ids, NaN or ragged features.
         ConfigError: the strategy reads a column the shards lack, or selects by its own
-            whole-pool method (core-set, Suggestive Annotation).
+            whole-pool method (core-set, Suggestive Annotation, BADGE).
     """
+    _check_streams(strategy)
     scale = scale or ScaleConfig()
     pool, schema = read_feature_pool(source, labeled_ids, scale)
     available = {"features"} | ({"probs"} if schema.has_probs else set())
     _check_needs(strategy, available, f"the shards of {source}")
-    _check_topk(strategy)
     seconds = {}
     lab = _sorted_ids(labeled_ids)
     if fit and strategy.trains:
@@ -418,7 +426,12 @@ def select_from_features(source: Source, strategy: Strategy, k: int, labeled_ids
         _fit(strategy, fit_rows, lab, device, run_dir)
         seconds["fit"] = time.perf_counter() - t0  # the id pass, the sample's pass and the fit
     t0 = time.perf_counter()
-    ids, scores, merge_s = select_topk(pool, strategy, k, scale)
+    # The strategy's own select (a top-K, or top-K then a diverse K of the candidates, whose
+    # rows a second pass reads back) over the shards; every top-K is the Ray Data pass.
+    ctx = FitContext(features=pool, num_labeled=int(lab.size) if lab is not None else 0, cycle=strategy.cycle,
+                     run_dir=run_dir, device=device, labeled_ids=lab,
+                     scorer=lambda feats, strat, n: select_topk(feats, strat, n, scale))
+    ids, scores, merge_s = strategy.select(ctx, k)
     seconds["score"] = time.perf_counter() - t0 - merge_s
     seconds["merge"] = merge_s
     logger.info("selected %d of %d rows from %s (%s)", ids.size, schema.num_rows, source,

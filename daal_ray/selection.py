@@ -12,6 +12,7 @@ features into preallocated arrays (:func:`gather_features`).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from daal_ray.errors import DataError
+from daal_ray.shards import keep_ids, labeled_flags
 
 
 def _check_scores(ids: np.ndarray, scores: np.ndarray) -> None:
@@ -307,3 +309,156 @@ def k_center_greedy(unlabeled: np.ndarray | torch.Tensor, centres: np.ndarray | 
         mind[i] = taken  # below every distance: never picked twice, even among duplicates
     # One device->host copy at the end: a .item() per step would sync the GPU K times.
     return picks.cpu().numpy(), dists.double().sqrt().cpu().numpy()
+
+
+# ====================================================================== D^2 seeding
+def _gumbel(n: int, generator: torch.Generator, device: Any) -> torch.Tensor:
+    u = torch.rand(n, generator=generator, dtype=torch.float64).clamp_(1e-300, 1.0 - 1e-16)
+    return (-torch.log(-torch.log(u))).to(device)
+
+
+def euclidean_min_sq(x: torch.Tensor, rows: int = 1 << 15) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(centres) -> [n]``: each row's squared Euclidean distance to its nearest row of
+    ``x[centres]``, computed in row chunks so no ``n x len(centres)`` matrix is held."""
+    x_sq = _sq_norms(x)
+
+    def min_sq(centres: torch.Tensor) -> torch.Tensor:
+        c, c_sq = x[centres], x_sq[centres]
+        out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+        for i in range(0, x.shape[0], rows):
+            d = (x[i:i + rows] @ c.T).mul_(-2.0).add_(x_sq[i:i + rows, None]).add_(c_sq[None])
+            out[i:i + rows] = d.min(dim=1).values.clamp_min_(0.0)
+        return out
+
+    return min_sq
+
+
+def d2_seeding(n: int, k: int, min_sq: Callable[[torch.Tensor], torch.Tensor], *, seed: int,
+               first: Optional[int] = None, log_weights: Optional[torch.Tensor] = None,
+               batch: Optional[int] = None, device: Any = None) -> np.ndarray:
+    """k-means++ seeding (D^2 sampling; Arthur & Vassilvitskii 2007): positions of ``k`` of ``n`` points.
+
+    Each new centre is drawn with probability proportional to its squared distance to the
+    nearest centre so far (times ``exp(log_weights)`` when given), without replacement.
+    Draws come ``batch`` at a time (default ``k // 128``, at least 1): one distance pass per
+    batch of centres (a matrix product) instead of one per centre, which is what makes
+    ``k = 50,000`` affordable; ``batch=1`` is exact k-means++. Sampling without replacement
+    uses the Gumbel-top-k trick with a seeded generator, so a seed gives one answer.
+
+    Args:
+        n: how many points.
+        k: how many to pick, at most ``n``.
+        min_sq: ``min_sq(centres) -> [n]``, every point's squared distance to the nearest
+            of the point positions ``centres`` (e.g. :func:`euclidean_min_sq`).
+        seed: seeds the draws.
+        first: position of the first centre (default: a uniform draw).
+        log_weights: ``[n]`` log weights multiplying the D^2 probabilities.
+        batch: centres drawn per distance pass.
+        device: where the distance vector lives.
+
+    Returns:
+        ``[k]`` int64 positions in pick order.
+    """
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, {n}], got {k}")
+    if k == 0:
+        return np.zeros(0, np.int64)
+    gen = torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+    batch = max(1, int(batch or k // 128))
+    mind = torch.full((n,), math.inf, dtype=torch.float64, device=device)
+    taken = torch.zeros(n, dtype=torch.bool, device=device)
+    start = first if first is not None else int(torch.randint(n, (1,), generator=gen))
+    new = torch.tensor([start], dtype=torch.int64, device=device)
+    picks = [new]
+    got = 1
+    while got < k:
+        taken[new] = True
+        torch.minimum(mind, min_sq(new).to(torch.float64), out=mind)
+        b = min(batch, k - got)
+        logits = torch.log(mind.clamp_min(0.0))
+        if log_weights is not None:
+            logits = logits + log_weights.to(device=device, dtype=torch.float64)
+        logits[taken] = -math.inf
+        off = torch.isfinite(logits)
+        if int(off.sum()) >= b:
+            new = torch.topk(logits + _gumbel(n, gen, logits.device), b).indices
+        else:
+            # Fewer points off the centres than draws left: take all of them, then fill the
+            # batch uniformly among the untaken points that duplicate a centre (D^2 = 0).
+            rest = _gumbel(n, gen, logits.device).masked_fill_(taken | off, -math.inf)
+            new = torch.cat([torch.nonzero(off).flatten(), torch.topk(rest, b - int(off.sum())).indices])
+        picks.append(new)
+        got += b
+    return torch.cat(picks).cpu().numpy()
+
+
+def gather_rows(features: Any, ids: np.ndarray, columns: Sequence[str],
+                batch_size: int = 8192) -> dict[str, np.ndarray]:
+    """The unlabeled rows of ``features`` whose ``sample_id`` is in ``ids``, in the order of
+    ``ids``, as arrays of ``columns``: memory O(len(ids)), whatever the pool's size. A Ray
+    Dataset is filtered where it lives (:func:`daal_ray.shards.keep_ids`), so only those
+    rows reach this process.
+
+    Raises:
+        DataError: an id is not among the pool's unlabeled rows.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    wanted = np.unique(ids)
+    cols = ["sample_id", "labeled", *[c for c in columns if c not in ("sample_id", "labeled")]]
+    if not isinstance(features, (Mapping, list, tuple)):
+        features = features.map_batches(keep_ids, fn_kwargs={"ids": wanted}, batch_format="numpy")
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in cols}
+    for batch in iter_feature_batches(features, cols, batch_size):
+        keep = labeled_flags(np.asarray(batch["sample_id"], dtype=np.int64), wanted) & ~batch["labeled"].astype(bool)
+        for c in cols:
+            parts[c].append(np.asarray(batch[c])[keep])
+    got = {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
+    found = np.asarray(got["sample_id"], dtype=np.int64)
+    order = np.argsort(found, kind="stable")
+    pos = np.searchsorted(found[order], ids)
+    if found.size != wanted.size or not np.array_equal(found[order][np.minimum(pos, max(found.size - 1, 0))], ids):
+        missing = np.setdiff1d(wanted, found)[:5].tolist()
+        raise DataError(f"sample ids {missing} are not unlabeled rows of the pool")
+    return {c: np.asarray(got[c])[order][pos] for c in columns}
+
+
+def gather_unlabeled(features: Any, num_unlabeled: int, columns: Sequence[str],
+                     batch_size: int = 8192) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Stream the pool once and keep its unlabeled rows: ``(ids, {column: [n, ...]})``,
+    sorted by ``sample_id``, float32 columns, preallocated (memory: the rows themselves).
+
+    Raises:
+        DataError: the stream's unlabeled count differs from ``num_unlabeled``, or a value
+            is NaN or infinite.
+    """
+    ids = np.empty(num_unlabeled, np.int64)
+    out: dict[str, np.ndarray] = {}
+    fill = 0
+    for batch in iter_feature_batches(features, ("sample_id", "labeled", *columns), batch_size):
+        rows = ~np.asarray(batch["labeled"], dtype=bool)
+        n = int(rows.sum())
+        if n == 0:
+            continue
+        if fill + n > num_unlabeled:
+            raise DataError(f"the pool holds more than the {num_unlabeled} unlabeled rows expected; "
+                            f"the features do not match the pool state")
+        ids[fill:fill + n] = np.asarray(batch["sample_id"])[rows]
+        for c in columns:
+            x = np.asarray(batch[c], dtype=np.float32)
+            x = x.reshape(x.shape[0], -1)[rows]
+            if not np.isfinite(x).all():
+                bad = ids[fill:fill + n][~np.isfinite(x).all(axis=1)]
+                raise DataError(f"{c} of sample ids {bad[:5].tolist()} are NaN or infinite; "
+                                f"check the task model of this cycle")
+            if c not in out:
+                out[c] = np.empty((num_unlabeled, x.shape[1]), np.float32)
+            out[c][fill:fill + n] = x
+        fill += n
+    if fill != num_unlabeled:
+        raise DataError(f"the features hold {fill} unlabeled rows, expected {num_unlabeled}; "
+                        f"the features do not match the pool state")
+    order = np.argsort(ids, kind="stable")
+    if not np.array_equal(order, np.arange(order.size)):
+        ids = ids[order]
+        out = {c: v[order] for c, v in out.items()}
+    return ids, {c: out.get(c, np.zeros((0, 0), np.float32)) for c in columns}

@@ -195,6 +195,10 @@ class TrainConfig(Config):
         schedule: ``multistep`` (x ``gamma`` at each of ``milestones``), ``cosine`` or ``constant``.
         milestones: epochs at which ``multistep`` decays the learning rate.
         gamma: decay factor of ``multistep``.
+        augment: training-image augmentation: ``none`` (the DAAL paper's recipe, and the
+            default) or ``crop_flip`` (random crop after 4-pixel zero padding and a random
+            horizontal flip, the standard CIFAR recipe; classification datasets only).
+            Compare strategies on one recipe at a time.
     """
 
     model: str = ""
@@ -207,6 +211,7 @@ class TrainConfig(Config):
     schedule: Literal["multistep", "cosine", "constant"] = "constant"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    augment: Literal["none", "crop_flip"] = "none"
 
     def validate(self) -> None:
         check(self.epochs >= 1, f"TrainConfig.epochs must be >= 1, got {self.epochs}")

@@ -98,18 +98,42 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (loss.reshape(loss.shape[0], -1) * valid).sum(1) / valid.sum(1).clamp(min=1.0)
 
 
+def augment_batch(x: torch.Tensor, kind: str, pad: int = 4) -> torch.Tensor:
+    """Standard image augmentation of a training batch ``[n, C, H, W]`` (torch's global RNG,
+    seeded per cycle by :func:`daal_ray.runtime.seed_everything`).
+
+    ``crop_flip``: zero-pad ``pad`` pixels on each side, crop a random ``H x W`` window, and
+    flip left-right with probability 1/2, per image (the CIFAR recipe of He et al. 2016).
+    ``none``: ``x`` unchanged.
+    """
+    if kind == "none":
+        return x
+    if kind != "crop_flip":
+        raise ConfigError(f"unknown augmentation {kind!r}; choose none or crop_flip")
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,)).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,)).tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    flip = torch.rand(n) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, head: Optional[JointHead] = None, epoch: int = 0,
-                    epochs: int = 1) -> tuple[float, int]:
+                    epochs: int = 1, augment: str = "none") -> tuple[float, int]:
     """One pass over ``loader``; returns (mean loss, steps).
 
     With ``head``, ``model`` is a (possibly DDP-wrapped) :class:`JointNet` holding it, and
-    the loss is the mean task loss plus ``head.loss``.
+    the loss is the mean task loss plus ``head.loss``. ``augment`` is applied to each
+    batch's images (:func:`augment_batch`).
     """
     model.train()
     total, steps = 0.0, 0
     detach = head is not None and head.detach_taps(epoch, epochs)
     for x, y in loader:
+        x = augment_batch(x, augment)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if head is None:
             # The mean over non-void targets; a batch whose pixels are all void (255) gives
@@ -144,6 +168,9 @@ def fit_task_model(dataset: PoolDataset, ids: np.ndarray, targets: np.ndarray, c
     rank, size = world()
     if len(ids) == 0:
         raise DataError("no labeled samples to train on")
+    if cfg.augment != "none" and dataset.task != "classification":
+        raise ConfigError(f"TrainConfig.augment={cfg.augment!r} transforms images only, not their dense targets; "
+                          f"use augment='none' for {dataset.task} datasets")
     seed_everything(seed)  # identical initial weights on every rank
     model = build_model(cfg.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels).to(device)
     head = head_factory(model) if head_factory is not None else None
@@ -162,7 +189,8 @@ def fit_task_model(dataset: PoolDataset, ids: np.ndarray, targets: np.ndarray, c
     steps = 0
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
-        loss, n = train_one_epoch(net, loader, optimizer, device, head=head, epoch=epoch, epochs=cfg.epochs)
+        loss, n = train_one_epoch(net, loader, optimizer, device, head=head, epoch=epoch, epochs=cfg.epochs,
+                                  augment=cfg.augment)
         scheduler.step()
         steps += n
         first = loss if epoch == 0 else first

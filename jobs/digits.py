@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from daal_ray.acquisition import strategy_names
-from daal_ray.cli.run import add_run_arguments, run_from_args
+from daal_ray.cli.run import add_run_arguments, daal_epochs, run_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     setup_logging()
     try:
         return run_from_args(args, dataset="digits", title="digits: accuracy vs labeled fraction (mean +- std)",
-                             strategy_params={"daal": {"epochs": args.daal_epochs}})
+                             strategy_params=daal_epochs(args.daal_epochs))
     except DaalRayError as exc:
         print(f"digits: error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daal_ray.cli.run import add_run_arguments, sweep_from_args
+from daal_ray.cli.run import add_run_arguments, daal_epochs, sweep_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     if args.smoke_test:
         args.seeds, args.epochs = 2, args.epochs or 2
         args.initial_fraction, args.final_fraction = args.initial_fraction or 0.05, args.final_fraction or 0.10
-    args.strategy_params = {"daal": {"epochs": args.daal_epochs}}
+    args.strategy_params = daal_epochs(args.daal_epochs)
     setup_logging()
     try:
         return sweep_from_args(args)

@@ -190,8 +190,10 @@ def test_schedule_defaults_pool_1000():
 
 
 def test_schedule_explicit_budget():
-    # initial 100, target 400: 300 more at 120 per cycle -> 3 rounds (the last one overshoots).
+    # initial 100, target 400: 300 more at 120 per cycle -> 3 rounds, the last one the remaining 60.
     assert ExperimentConfig(budget=120).schedule(1000) == (100, 120, 3)
+    cfg = ExperimentConfig(budget=120)
+    assert [cfg.batch_size(1000, n) for n in (100, 220, 340, 400)] == [120, 120, 60, 0]
     assert ExperimentConfig(budget=100).schedule(1000) == (100, 100, 3)
 
 
@@ -206,6 +208,46 @@ def test_schedule_budget_larger_than_pool_refused():
     with pytest.raises(ConfigError, match="budget"):
         ExperimentConfig(budget=901).schedule(1000)
     assert ExperimentConfig(budget=900).schedule(1000)[1] == 900
+
+
+def _labeled_at_the_end(cfg: ExperimentConfig, n: int) -> tuple[int, list[int]]:
+    """Walk the cycle loop's schedule: the labeled count when it stops, and each batch."""
+    initial, _, rounds = cfg.schedule(n)
+    labeled, batches = initial, []
+    for _ in range(rounds):
+        k = cfg.batch_size(n, labeled)
+        if k == 0:
+            break
+        batches.append(k)
+        labeled += k
+    return labeled, batches
+
+
+@pytest.mark.parametrize("protocol", [{}, {"initial_fraction": 0.05, "step_fraction": 0.05, "final_fraction": 0.15},
+                                      {"budget": 7}, {"initial_fraction": 0.2, "step_fraction": 0.3,
+                                                      "final_fraction": 0.9}])
+def test_the_schedule_never_labels_past_its_target_for_any_pool_size(protocol):
+    cfg = ExperimentConfig(**protocol)
+    sizes = list(range(40, 3000, 7)) + [1437, 5085, 50_000, 50_001]
+    for n in sizes:
+        initial, per_cycle, rounds = cfg.schedule(n)
+        target = cfg.target(n)
+        labeled, batches = _labeled_at_the_end(cfg, n)
+        assert labeled <= target, (n, labeled, target)  # never past the target
+        assert 2 * (target - labeled) < per_cycle, (n, labeled, target)  # short of it by less than half a batch
+        assert len(batches) == rounds and all(b == per_cycle for b in batches[:-1]), (n, batches)
+        if batches:  # no training cycle for a sliver: the last batch is at least half a batch
+            assert per_cycle <= 2 * batches[-1] and batches[-1] <= per_cycle, (n, batches)
+
+
+def test_the_5085_image_pool_stops_at_40_percent():
+    cfg = ExperimentConfig()
+    labeled, batches = _labeled_at_the_end(cfg, 5085)
+    # 508 + 6 x 254 = 2,032 falls 2 short of 2,034: no seventh batch (it used to be a full one,
+    # 2,286 labeled: 12% over budget and a training cycle more).
+    assert labeled == 2032 and batches == [254] * 6
+    # digits (1,437): 144 + 5 x 72 + 71 = 575, the target exactly (it used to label 576).
+    assert _labeled_at_the_end(cfg, 1437) == (575, [72] * 5 + [71])
 
 
 def test_schedule_tiny_pool_refused():

@@ -4,22 +4,29 @@ whole report from a run directory."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from report_helpers import VALUES, results_rows
+from scipy import stats
 
 from daal_ray.acquisition.daal import DAALParams
 from daal_ray.errors import ConfigError
 from daal_ray.report import (
+    PairedDifference,
+    _verdict,
     aulc_summary,
     build_report,
     curve_summary,
+    format_report,
     format_table,
     groups,
     paired_differences,
+    paired_tests,
     per_seed,
     redundancy_summary,
     variant_labels,
+    win_tie_loss,
 )
 from daal_ray.results import SCHEMA, upsert_rows
 
@@ -135,12 +142,18 @@ def test_build_report_from_run_dir(tmp_path):
     text = (run / "report" / "report.txt").read_text()
     assert text.startswith("== digits, budget 50 per cycle, 2 seed(s) ==")
     paired = next(line for line in text.splitlines() if line.startswith("entropy") and "2/2" in line)
-    assert paired.split() == ["entropy", "+5.42", "+-", "1.25", "+5.00", "+-", "0.00", "2/2"]
+    # AULC differences 6.67 and 4.17 points: t = 5.42 / (1.77 / sqrt 2) = 4.33 on 1 df (Cauchy),
+    # p = 1 - 2 atan(4.33) / pi = 0.144;
+    # Wilcoxon with n = 2, both positive: p = 2 x (1/4) = 0.5.
+    assert paired.split() == ["entropy", "+5.42", "+-", "1.25", "+5.00", "+-", "0.00", "2/2", "0.144", "0.500",
+                              "not", "distinguishable", "from", "random"]
     red = next(line for line in text.splitlines() if line.startswith("random") and line.rstrip().endswith(" 4"))
     assert red.split() == ["random", "0.300", "+-", "0.100", "0.900", "+-", "0.000", "4"]
     from PIL import Image
 
-    assert set(report.figures) == {"learning_curves", "budget_panels", "ablation_bars", "batch_redundancy"}
+    assert set(report.figures) == {"learning_curves", "budget_panels", "ablation_bars", "batch_redundancy",
+                                   "informativeness", "win_tie_loss"}
+    assert "pairwise wins/ties/losses" in text and "(no informativeness diagnostics recorded)" in text
     for path in report.figures.values():
         with Image.open(path) as im:
             assert im.format == "PNG" and im.size[0] > 500 and im.size[1] > 300
@@ -151,3 +164,62 @@ def test_report_of_an_empty_directory_names_the_fix(tmp_path):
         build_report(tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         build_report(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------- significance
+def test_paired_tests_match_scipy_and_the_hand_values():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.8, 0.02, 7), rng.normal(0.79, 0.02, 7)
+    p_t, p_w = paired_tests(a - b)
+    assert p_t == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert p_w == pytest.approx(stats.wilcoxon(a - b).pvalue)
+    # n = 2, differences 1 and 3: t = 2 / (sqrt 2 / sqrt 2) = 2 on 1 df
+    assert paired_tests(np.array([1.0, 3.0]))[0] == pytest.approx(2 * stats.t.sf(2.0, 1))
+    assert all(np.isnan(paired_tests(np.array([0.5]))))
+    assert np.isnan(paired_tests(np.zeros(4))[1])
+
+
+def test_paired_differences_carry_their_p_values():
+    d = paired_differences(_table(results_rows()))["entropy"]
+    diffs = np.array([0.02, 0.0125]) / 0.3
+    assert d.p_t == pytest.approx(stats.ttest_rel(diffs, np.zeros(2)).pvalue)
+    assert d.p_wilcoxon == pytest.approx(0.5)
+
+
+def test_the_verdict_says_plainly_when_a_strategy_does_not_beat_random():
+    common = dict(aulc_std=0.01, final_mean=0.0, final_std=0.0, wins=3, n=5)
+    assert _verdict(PairedDifference(aulc_mean=0.02, p_t=0.01, **common), "random") == "beats random"
+    assert _verdict(PairedDifference(aulc_mean=-0.02, p_t=0.01, **common), "random") == "trails random"
+    assert _verdict(PairedDifference(aulc_mean=0.02, p_t=0.2, **common), "random") == \
+        "not distinguishable from random"
+    one = dict(common, n=1)
+    assert _verdict(PairedDifference(aulc_mean=0.02, **one), "random").startswith("too few seeds")
+
+
+def test_win_tie_loss_counts_significant_pairs_per_group():
+    seeds = range(5)
+    values = {"random": {s: (0.5, 0.6 + 0.01 * s, 0.7) for s in seeds},
+              "entropy": {s: (0.5, 0.7 + 0.01 * s, 0.8 + 0.001 * s) for s in seeds},  # clearly better
+              "coreset": {s: (0.5, 0.6 + 0.01 * s + (0.01 if s % 2 else -0.01), 0.7) for s in seeds}}  # a tie
+    rows = results_rows(values=values) + results_rows(values=values, budget=100)
+    variants, counts = win_tie_loss(_table(rows))
+    i = {v: n for n, v in enumerate(variants)}
+    assert tuple(counts[i["entropy"], i["random"]]) == (2, 0, 0)  # wins in both budget groups
+    assert tuple(counts[i["random"], i["entropy"]]) == (0, 0, 2)
+    assert tuple(counts[i["coreset"], i["random"]]) == (0, 2, 0)
+    assert counts[i["random"], i["random"]].sum() == 0
+
+
+def test_win_tie_loss_names_a_variant_alike_in_every_group():
+    # entropy_diverse runs with beta=2 at one budget and beta=8 at the other: the two are
+    # distinct variants over the whole table, and each group must use those names.
+    values = {"random": {s: (0.5, 0.6 + 0.01 * s, 0.7) for s in range(3)},
+              "entropy_diverse": {s: (0.5, 0.7 + 0.01 * s, 0.8 + 0.002 * s) for s in range(3)}}
+    rows = (results_rows(values=values, params={"entropy_diverse": {"beta": 2.0}})
+            + results_rows(values=values, budget=100, params={"entropy_diverse": {"beta": 8.0}}))
+    variants, counts = win_tie_loss(_table(rows))
+    assert set(variants) == {"random", "entropy_diverse[beta=2.0]", "entropy_diverse[beta=8.0]"}
+    i = {v: n for n, v in enumerate(variants)}
+    assert tuple(counts[i["entropy_diverse[beta=2.0]"], i["random"]]) == (1, 0, 0)
+    assert tuple(counts[i["entropy_diverse[beta=8.0]"], i["random"]]) == (1, 0, 0)
+    assert "pairwise wins" in format_report(_table(rows))

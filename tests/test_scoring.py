@@ -150,3 +150,29 @@ def test_a_sample_id_in_two_batches_is_caught_where_it_reaches_the_merged_top_k(
     dup = ok + [{"sample_id": np.array([1]), "score": np.array([0.2])}]
     with pytest.raises(DataError, match=r"sample ids \[1\] appear in more than one row"):
         merge_topk(Reduced(dup), 3)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name", ["entropy_diverse", "entropy_power"])
+def test_batch_aware_and_stochastic_selections_from_shards_equal_in_process(ray_session, tmp_path, name):
+    """Through `daal-ray score --features`: the top beta x K (or the Gumbel keys' top K) over
+    the shards, the candidates' rows read back in a second pass, the same batch as in process."""
+    pool = feature_pool(1200, 6, 100, seed=7)
+    write_shards(pool, tmp_path / "pool", 8, label=True)
+    strategy = build_strategy(AcquisitionConfig(strategy=name), seed=2, cycle=3)
+    want, _, _ = strategy.select(FitContext(features=pool, num_labeled=100, cycle=3), 30)
+    out = tmp_path / "picks.csv"
+    assert main(["score", "--features", str(tmp_path / "pool"), "--strategy", name, "--k", "30", "--seed", "2",
+                 "--cycle", "3", "--batch-size", "100", "--out", str(out)]) == 0
+    got = np.loadtxt(out, delimiter=",", skiprows=1, usecols=1, dtype=np.int64)
+    np.testing.assert_array_equal(got, want)
+    assert not np.isin(got, pool["sample_id"][pool["labeled"]]).any()
+
+
+def test_whole_pool_selections_are_refused_on_shards(tmp_path):
+    pool = feature_pool(50, 4, 5)
+    write_shards(pool, tmp_path / "pool", 2)
+    for name in ("badge", "coreset"):
+        with pytest.raises(ConfigError, match="cannot score a pool from storage"):
+            select_from_features(tmp_path / "pool", build_strategy(AcquisitionConfig(strategy=name), seed=0, cycle=0),
+                                 5)

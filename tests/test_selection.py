@@ -1,6 +1,7 @@
 """Exact streaming top-K against a full sort by (score desc, sample_id asc); k-center greedy
 (farthest-first, ties, against a brute-force k-center), its tiled distances, and
-gather_features' checks."""
+gather_features' checks; k-means++ D^2 seeding (one pick per separated cluster, the D^2
+probabilities, seeded, no repeats) and the candidate-row gathering."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from strategy_helpers import brute_force_k_center, pool
 from daal_ray.errors import DataError
 from daal_ray.selection import (
     StreamingTopK,
+    d2_seeding,
+    euclidean_min_sq,
     gather_features,
+    gather_rows,
+    gather_unlabeled,
     k_center_greedy,
     merge_topk,
     min_sq_distances,
@@ -25,6 +30,7 @@ def topk_stream(batches, k, **keys):
     """The exact merge's ids and scores (its timing is not under test here)."""
     ids, scores, _ = merge_topk(batches, k, **keys)
     return ids, scores
+
 
 N = 1500
 
@@ -241,3 +247,77 @@ def test_gather_features_checks_counts_and_values():
     bad["features"][np.flatnonzero(~p["labeled"])[0], 1] = np.nan
     with pytest.raises(DataError, match="NaN"):
         gather_features(bad, 4, 36)
+
+
+# --------------------------------------------------------------------------- D^2 seeding
+def _clusters(n_per: int = 50, k: int = 6, d: int = 5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 20
+    x = np.concatenate([c + 0.01 * rng.normal(size=(n_per, d)) for c in centres])
+    return torch.as_tensor(x, dtype=torch.float64), np.repeat(np.arange(k), n_per)
+
+
+def test_d2_seeding_takes_one_point_per_well_separated_cluster():
+    x, cluster = _clusters()
+    pos = d2_seeding(len(x), 6, euclidean_min_sq(x), seed=4, first=0, batch=1)
+    assert pos[0] == 0 and np.unique(pos).size == 6
+    assert sorted(cluster[pos]) == list(range(6))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_d2_seeding_still_covers_every_cluster(seed):
+    # Draws within a batch share one D^2 (two may land in one cluster), but a covered
+    # cluster's mass collapses before the next batch, so 12 draws in batches of 3 reach all 6.
+    x, cluster = _clusters(seed=seed)
+    pos = d2_seeding(len(x), 12, euclidean_min_sq(x), seed=seed, first=0, batch=3)
+    assert np.unique(pos).size == 12 and set(cluster[pos]) == set(range(6))
+
+
+def test_d2_seeding_is_seeded_and_never_repeats_even_among_duplicates():
+    x = torch.zeros(40, 3, dtype=torch.float64)
+    x[:5] = torch.arange(5, dtype=torch.float64)[:, None]
+    pos = d2_seeding(40, 30, euclidean_min_sq(x), seed=1, first=0, batch=4)
+    assert np.unique(pos).size == 30
+    again = d2_seeding(40, 30, euclidean_min_sq(x), seed=1, first=0, batch=4)
+    assert np.array_equal(pos, again)
+    assert not np.array_equal(pos, d2_seeding(40, 30, euclidean_min_sq(x), seed=2, first=0, batch=4))
+    with pytest.raises(ValueError):
+        d2_seeding(40, 41, euclidean_min_sq(x), seed=1)
+
+
+def test_d2_seeding_draws_proportionally_to_squared_distance():
+    # One centre at 0; candidates at distances 1, 2 and 3: P = 1:4:9 for the second pick.
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)
+    second = [d2_seeding(4, 2, euclidean_min_sq(x), seed=s, first=0)[1] for s in range(1500)]
+    freq = np.bincount(second, minlength=4)[1:] / len(second)
+    np.testing.assert_allclose(freq, np.array([1, 4, 9]) / 14, atol=0.03)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_d2_seeding_takes_every_distinct_point_before_duplicates_of_a_centre(seed):
+    # 3 distinct points and 20 copies of the first centre, k = 6 in batches of 5: the
+    # distinct points are always taken; the rest are drawn among the copies.
+    x = torch.zeros(23, 2, dtype=torch.float64)
+    x[20:] = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=torch.float64)
+    pos = d2_seeding(23, 6, euclidean_min_sq(x), seed=seed, first=0, batch=5)
+    assert np.unique(pos).size == 6 and {20, 21, 22} <= set(pos.tolist())
+
+
+def test_gather_rows_returns_the_candidates_in_their_order_and_names_strangers():
+    ids = np.array([5, 9, 2, 7], np.int64)
+    batches = [{"sample_id": np.array([2, 9]), "labeled": np.array([False, False]), "features": np.eye(2)},
+               {"sample_id": np.array([5, 7, 3]), "labeled": np.array([False, False, True]),
+                "features": np.arange(6.0).reshape(3, 2)}]
+    got = gather_rows(batches, ids, ["features"])["features"]
+    np.testing.assert_array_equal(got, [[0, 1], [0, 1], [1, 0], [2, 3]])
+    with pytest.raises(DataError, match=r"\[3\]"):
+        gather_rows(batches, np.array([3]), ["features"])  # labeled, not a candidate
+
+
+def test_gather_unlabeled_sorts_by_id_and_checks_the_count():
+    batches = [{"sample_id": np.array([8, 1]), "labeled": np.array([False, True]), "probs": np.array([[1.0], [2.0]])},
+               {"sample_id": np.array([4]), "labeled": np.array([False]), "probs": np.array([[3.0]])}]
+    ids, cols = gather_unlabeled(batches, 2, ["probs"])
+    assert ids.tolist() == [4, 8] and cols["probs"].ravel().tolist() == [3.0, 1.0]
+    with pytest.raises(DataError, match="expected 3"):
+        gather_unlabeled(batches, 3, ["probs"])

@@ -1,6 +1,20 @@
 """Acquisition strategies behind one registry (``daal-ray strategies`` lists them)."""
 
-from daal_ray.acquisition import coreset, daal, entropy, learning_loss, mc_dropout, random, rss, suggestive, vaal  # noqa: F401  (registration)  # noqa: F401  (registration)  # noqa: F401  (registration)
+# Importing the strategy modules registers their strategies.
+from daal_ray.acquisition import (  # noqa: F401
+    badge,
+    coreset,
+    daal,
+    diverse,
+    entropy,
+    learning_loss,
+    mc_dropout,
+    power,
+    random,
+    rss,
+    suggestive,
+    vaal,
+)
 from daal_ray.acquisition.base import (
     FitContext,
     NoParams,

@@ -18,6 +18,7 @@ on ids alone and the inference pass is skipped.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol
 
@@ -91,6 +92,13 @@ class Strategy:
     needs: ClassVar[frozenset[str]] = frozenset({"features", "probs"})
     # True if ``fit`` trains on the features: it then runs on every rank of the worker group.
     trains: ClassVar[bool] = False
+    # True if ``select`` holds O(K d) of the pool, never O(N d): it can then select from a pool
+    # of shards of any size (``daal-ray score``). The default top-K does; greedy selections over
+    # the whole pool's features (core-set, max-cover) do not.
+    streams: ClassVar[bool] = True
+    # True if ``select`` reads the features more than once (a top-K, then the candidates' rows):
+    # the cycle loop then computes them once and keeps them, instead of running the predictor twice.
+    multipass: ClassVar[bool] = False
 
     def __init__(self, params: Config, seed: int, cycle: int) -> None:
         self.params = params
@@ -113,6 +121,11 @@ class Strategy:
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         """One float score per row of ``batch``; higher = more worth labeling."""
         raise NotImplementedError
+
+    def diagnostic_score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The score the informativeness diagnostics read (:mod:`daal_ray.diagnostics`):
+        :meth:`score`, unless the selection adds noise to it (``*_power``)."""
+        return self.score(batch)
 
     def predictor_options(self) -> dict[str, Any]:
         """Keyword options for the pool predictor (:class:`daal_ray.scoring.PoolPredictor`).
@@ -163,6 +176,62 @@ class StrategyChoice(Protocol):
 
     strategy: str
     params: Mapping[str, Any]
+
+
+def publish_variant(cls: type, module: str) -> type:
+    """Make the generated class ``cls`` importable as ``module.<name>``, so Ray workers
+    unpickle its instances by reference."""
+    cls.__module__ = module
+    cls.__qualname__ = cls.__name__
+    setattr(sys.modules[module], cls.__name__, cls)
+    return cls
+
+
+def derive_variant(base: type[Strategy], mixin: type, *, suffix: str, tag: str, fields: list[tuple[str, Any, Any]],
+                   validate: Callable[[Any], None], what: str, params_doc: str, name: Optional[str] = None,
+                   register: bool = True, scorers_only: bool = False, **attrs: Any) -> type[Strategy]:
+    """A strategy derived from ``base``: ``mixin`` overrides part of it, its params are
+    ``base.Params`` plus ``fields``; registered as ``<base.name>_<suffix>`` (or ``name``).
+
+    How RSS, diverse and power versions of a strategy are made without copying it.
+
+    Args:
+        base: the strategy to derive from.
+        mixin: class placed before ``base``, overriding what the variant changes.
+        suffix: the registry-name suffix (``rss``, ``diverse``, ``power``).
+        tag: the class-name suffix (``RSS``, ``Diverse``, ``Power``).
+        fields: ``(name, type, default)`` of the added params.
+        validate: checks of the added params, after ``base.Params.validate``.
+        what: what the variant does, appended to the base's description.
+        params_doc: docstring of the derived params.
+        name: registry name (default ``<base.name>_<suffix>``).
+        register: add the variant to the registry.
+        scorers_only: the variant changes how a top-K of scores is taken, so ``base`` must
+            select by that top-K (not by a method of its own).
+        attrs: class attributes of the variant (``needs``, ``streams``, ...).
+
+    Raises:
+        TypeError: ``scorers_only`` and ``base`` selects by its own method.
+    """
+    if scorers_only and base.select is not Strategy.select:
+        raise TypeError(f"{base.__name__} selects by its own method; only per-sample scorers get a {suffix} version")
+    base_params = base.Params
+
+    def check_all(self: Any) -> None:
+        base_params.validate(self)
+        validate(self)
+
+    # Named after the strategy, not its params: strategies that share a Params class (vaal,
+    # vaal_tf) get distinct derived ones, each importable by its own name.
+    params = dataclasses.make_dataclass(
+        f"{base.__name__}{tag}Params", [(f, t, dataclasses.field(default=d)) for f, t, d in fields],
+        bases=(base_params,), frozen=True, namespace={"validate": check_all, "__doc__": params_doc})
+    publish_variant(params, base.__module__)
+    cls = type(f"{base.__name__}{tag}", (mixin, base), {
+        "name": name or f"{base.name}_{suffix}", "description": f"{base.description}; {what}", "Params": params,
+        "__doc__": f"{(base.__doc__ or base.name).strip().splitlines()[0]} {what[0].upper() + what[1:]}.", **attrs})
+    publish_variant(cls, base.__module__)
+    return register_strategy(cls) if register else cls
 
 
 def build_strategy(config: StrategyChoice, seed: int, cycle: int) -> Strategy:

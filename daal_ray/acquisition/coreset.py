@@ -47,6 +47,7 @@ class CoresetStrategy(Strategy):
     """Greedy k-center over the task model's features; labeled samples are the first centres."""
 
     name = "coreset"
+    streams = False  # reads the whole pool's features
     description = "core-set: greedy k-center on task features, labeled samples as initial centres (Sener & Savarese)"
     Params = CoresetParams
     needs = frozenset({"features"})

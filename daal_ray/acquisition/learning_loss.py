@@ -199,6 +199,7 @@ class LLCoresetStrategy(LearningLossStrategy):
     are selected."""
 
     name = "ll_coreset"
+    streams = False  # reads the whole pool's features
     description = "LL + Core-set: k-center greedy picks subset_factor x K samples, then the top-K predicted loss"
     Params = LLCoresetParams
     needs = frozenset({"features", "pred_loss"})

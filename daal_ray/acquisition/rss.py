@@ -26,18 +26,16 @@ To give another strategy an RSS version, one line after its class in its own mod
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
+from daal_ray.acquisition.base import FitContext, Strategy, derive_variant
 from daal_ray.acquisition.entropy import EntropyStrategy
 from daal_ray.acquisition.random import hash_uniform
 from daal_ray.errors import ConfigError
 from daal_ray.runtime import derive_seed
 from daal_ray.selection import topk_arrays
-from daal_ray.settings import Config
 
 __all__ = ["DEFAULT_RSS_SUBSET", "RandomSubsetMixin", "random_subset", "restrict_features", "rss_variant"]
 
@@ -104,27 +102,9 @@ class RandomSubsetMixin:
         return super().select(inner, k)  # type: ignore[misc]
 
 
-def _rss_params(base: type[Config]) -> type[Config]:
-    """``base`` plus ``rss_subset: int = 10000`` (validated >= 1)."""
-
-    def validate(self: Any) -> None:
-        base.validate(self)
-        if self.rss_subset < 1:
-            raise ConfigError(f"{type(self).__name__}.rss_subset must be >= 1, got {self.rss_subset}")
-
-    cls = dataclasses.make_dataclass(
-        f"{base.__name__}RSS", [("rss_subset", int, dataclasses.field(default=DEFAULT_RSS_SUBSET))], bases=(base,),
-        frozen=True, namespace={"validate": validate, "__doc__": f"{base.__name__} plus ``rss_subset``: how many "
-                                                                  f"random unlabeled samples are eligible (RSS)."})
-    return _publish(cls, base.__module__)
-
-
-def _publish(cls: type, module: str) -> type:
-    """Make ``cls`` importable as ``module.<name>`` so Ray workers unpickle it by reference."""
-    cls.__module__ = module
-    cls.__qualname__ = cls.__name__
-    setattr(sys.modules[module], cls.__name__, cls)
-    return cls
+def _check_rss(params: Any) -> None:
+    if params.rss_subset < 1:
+        raise ConfigError(f"{type(params).__name__}.rss_subset must be >= 1, got {params.rss_subset}")
 
 
 def rss_variant(base: type[Strategy], name: Optional[str] = None, register: bool = True) -> type[Strategy]:
@@ -140,14 +120,11 @@ def rss_variant(base: type[Strategy], name: Optional[str] = None, register: bool
         name: registry name (default ``<base.name>_rss``).
         register: add the derived class to the strategy registry.
     """
-    name = name or f"{base.name}_rss"
-    description = f"{base.description}; RSS: within a random unlabeled subset (rss_subset = {DEFAULT_RSS_SUBSET:,})"
-    cls = type(f"{base.__name__}RSS", (RandomSubsetMixin, base), {
-        "name": name, "description": description, "Params": _rss_params(base.Params),
-        "__doc__": f"{(base.__doc__ or base.name).strip().splitlines()[0]} Restricted to a random subset (RSS).",
-    })
-    _publish(cls, base.__module__)
-    return register_strategy(cls) if register else cls
+    return derive_variant(
+        base, RandomSubsetMixin, suffix="rss", tag="RSS", fields=[("rss_subset", int, DEFAULT_RSS_SUBSET)],
+        validate=_check_rss, what=f"RSS: within a random unlabeled subset (rss_subset = {DEFAULT_RSS_SUBSET:,})",
+        params_doc=f"{base.Params.__name__} plus ``rss_subset``: how many random unlabeled samples are eligible (RSS).",
+        name=name, register=register, streams=False)
 
 
 rss_variant(EntropyStrategy)

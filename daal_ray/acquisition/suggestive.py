@@ -162,6 +162,7 @@ class SuggestiveStrategy(Strategy):
     """Bootstrapped-ensemble uncertainty, then greedy max-cover representativeness (Yang et al. 2017)."""
 
     name = "suggestive"
+    streams = False  # reads the whole pool's features
     description = ("suggestive annotation: most uncertain 2K under a bootstrapped head ensemble, then K by "
                    "greedy max-cover of cosine similarity (Yang et al.)")
     Params = SuggestiveParams

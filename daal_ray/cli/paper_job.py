@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from daal_ray.acquisition import strategy_names
-from daal_ray.cli.run import add_run_arguments, run_from_args
+from daal_ray.cli.run import add_run_arguments, daal_epochs, run_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 
@@ -66,7 +66,8 @@ class PaperJob:
     def strategy_params(self, args: argparse.Namespace) -> dict[str, dict]:
         """Per-strategy params the job sets (the rest keep their defaults)."""
         params = {name: dict(p) for name, p in self.strategy_defaults.items()}
-        params.setdefault("daal", {})["epochs"] = args.daal_epochs
+        for name, epochs in daal_epochs(args.daal_epochs).items():
+            params.setdefault(name, {}).update(epochs)
         return params
 
     def parse_args(self, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from daal_ray.acquisition import get_strategy_class, strategy_names
+from daal_ray.acquisition.daal import DAALParams
 from daal_ray.config import ExperimentConfig
 from daal_ray.errors import DaalRayError
 from daal_ray.report import build_report, format_table, plot_learning_curves
@@ -21,7 +23,7 @@ from daal_ray.tuning import plan_experiments, preflight, run_experiments, run_sw
 
 logger = logging.getLogger("daal_ray")
 
-__all__ = ["add_run_arguments", "configs_from_args", "csv_list", "run_from_args", "sweep_from_args"]
+__all__ = ["add_run_arguments", "configs_from_args", "csv_list", "daal_epochs", "run_from_args", "sweep_from_args"]
 
 
 def csv_list(text: str) -> list[str]:
@@ -157,3 +159,10 @@ def sweep_from_args(args: Any) -> int:
     for path in report.figures.values():
         print(f"figure:  {path}")
     return 0
+
+
+def daal_epochs(epochs: int) -> dict[str, dict]:
+    """``--daal-epochs`` as strategy params: the epochs of every DAAL-based strategy (``daal``
+    and its diverse, power and RSS versions), so they are compared on one recipe."""
+    return {name: {"epochs": epochs} for name in strategy_names()
+            if issubclass(get_strategy_class(name).Params, DAALParams)}

@@ -106,7 +106,7 @@ def select_loop(loop_config: dict[str, Any]) -> None:
     picked = select_batch(cfg, dataset, dataset.sample_ids("train"), labeled, cycle, k, ckpt_dir, project_dir, row,
                           device, labels=labels)
     if rank == 0:
-        ids, scores = picked
+        ids, scores = picked.ids, picked.scores
         write_scores(Path(loop_config["scores_path"]), ids, scores, cfg.acquisition.strategy,
                      {"model_cycle": cycle, "num_labeled": int(labeled.size), "train_s": train_s, **row})
         logger.info("cycle %d: trained on %d labels (%.1fs), selected %d by %s", cycle, labeled.size, train_s,
