@@ -58,7 +58,6 @@ def test_cycles_add_exactly_k_unlabeled_ids(ray_session, tiny_config, tmp_path):
     assert table["num_selected"].to_pylist() == [k, k, 0]
     assert all(0.0 < v <= 1.0 for v in table["value"].to_pylist())
     # the labels stored are the oracle's
-
     ds = get_dataset(cfg.data)
     assert np.array_equal(state.labeled_labels(), ds.targets("train", labeled))
 

@@ -29,12 +29,10 @@ from daal_ray.errors import ConfigError, DataError
 from daal_ray.models import build_model
 from daal_ray.scoring import (
     PoolPredictor,
+    merge_scored,
     select_from_features,
     select_from_images,
     select_topk,
-)
-from daal_ray.scoring import (
-    merge_scored as merge_topk,
 )
 
 
@@ -55,8 +53,7 @@ def test_topk_over_50_shards_equals_a_full_sort_with_ties(ray_session, tmp_path)
     want_ids, want_scores = _full_sort(pool["sample_id"][un], scores, k)
     # Ties everywhere, and the K-th score's tie group continues past K: the cut is by id.
     assert np.unique(scores).size <= 6 and np.sum(scores == want_scores[-1]) > np.sum(want_scores == want_scores[-1])
-    # Through the command line: 2 scoring actors, batches of 64 rows.
-
+    # Through the command line: batches of 64 rows.
     out = tmp_path / "picks.parquet"
     assert main(["score", "--features", str(tmp_path / "pool"), "--strategy", "entropy", "--k", str(k),
                  "--batch-size", "64", "--inference-actors", "2", "--out", str(out)]) == 0
@@ -145,11 +142,11 @@ def test_a_sample_id_in_two_batches_is_caught_where_it_reaches_the_merged_top_k(
 
     ok = [{"sample_id": np.array([3, 1]), "score": np.array([0.5, 0.5])},
           {"sample_id": np.array([2, 7]), "score": np.array([0.9, 0.1])}]
-    ids, scores, _ = merge_topk(Reduced(ok), 3)
+    ids, scores, _ = merge_scored(Reduced(ok), 3)
     assert ids.tolist() == [2, 1, 3] and scores.tolist() == [0.9, 0.5, 0.5]
     dup = ok + [{"sample_id": np.array([1]), "score": np.array([0.2])}]
     with pytest.raises(DataError, match=r"sample ids \[1\] appear in more than one row"):
-        merge_topk(Reduced(dup), 3)
+        merge_scored(Reduced(dup), 3)
 
 
 @pytest.mark.ray
