@@ -30,6 +30,7 @@ from daal_ray.acquisition.rss import random_subset
 from daal_ray.config import ExperimentConfig
 from daal_ray.data import PoolDataset
 from daal_ray.models import build_model
+from daal_ray.results import INFORMATIVENESS_COLUMNS
 from daal_ray.runtime import derive_seed
 from daal_ray.scoring import PoolPredictor, predictor_kwargs
 from daal_ray.selection import min_sq_distances
@@ -208,8 +209,7 @@ def cycle_informativeness(cfg: ExperimentConfig, dataset: PoolDataset, strategy:
     except Exception as exc:  # a diagnostic never stops a run: the cycle would fail the same way on retry
         logger.warning("%s cycle %d: informativeness diagnostics failed (%s: %s); recorded as NaN", cfg.name,
                        strategy.cycle, type(exc).__name__, exc)
-        return {c: float("nan") for c in ("auroc_wrong", "spearman_loss", "spearman_entropy",
-                                          "batch_labeled_distance")}
+        return {c: float("nan") for c in INFORMATIVENESS_COLUMNS}
     finally:
         torch.set_num_threads(threads)
 

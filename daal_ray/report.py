@@ -42,13 +42,11 @@ from scipy import stats
 from daal_ray.acquisition import get_strategy_class
 from daal_ray.atomic_io import atomic_write, atomic_write_text
 from daal_ray.errors import ConfigError
-from daal_ray.results import DIAGNOSTIC_COLUMNS, RESULTS_FILE, SCHEMA, combine, conform, read_results
+from daal_ray.results import INFORMATIVENESS_COLUMNS, RESULTS_FILE, SCHEMA, combine, conform, read_results
 
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
-# The informativeness diagnostics (daal_ray.diagnostics.cycle_informativeness) among the result columns.
-INFORMATIVENESS = DIAGNOSTIC_COLUMNS[2:]
 FRACTION_DECIMALS = 4
 
 
@@ -281,7 +279,7 @@ def diagnostics_summary(table: pa.Table) -> dict[str, dict[str, tuple[float, flo
     rows = [r for r in _records(table) if r.get("num_selected")]
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for variant in _order({r["variant"] for r in rows}):
-        for col in INFORMATIVENESS:
+        for col in INFORMATIVENESS_COLUMNS:
             v = np.array([r[col] for r in rows if r["variant"] == variant and r.get(col) is not None], float)
             v = v[np.isfinite(v)]
             out.setdefault(variant, {})[col] = (float(v.mean()) if v.size else float("nan"),
@@ -390,10 +388,10 @@ def format_diagnostics(table: pa.Table) -> str:
     lines = ["informativeness of the score on unlabeled samples (mean +- std over batches; AUROC for 'the model "
              "misclassifies it', 0.5 = no information; Spearman rho with the model's loss and predictive entropy; "
              "mean distance of the batch to the labeled set in task features)",
-             f"{'strategy':<{width}}" + "".join(f"{names[c]:>18}" for c in INFORMATIVENESS)]
+             f"{'strategy':<{width}}" + "".join(f"{names[c]:>18}" for c in INFORMATIVENESS_COLUMNS)]
     for variant, cols in summary.items():
         lines.append(f"{variant:<{width}}" + "".join(
-            f"{(f'{m:.3f} +- {sd:.3f}' if n else '-'):>18}" for m, sd, n in (cols[c] for c in INFORMATIVENESS)))
+            f"{(f'{m:.3f} +- {sd:.3f}' if n else '-'):>18}" for m, sd, n in (cols[c] for c in INFORMATIVENESS_COLUMNS)))
     return "\n".join(lines)
 
 

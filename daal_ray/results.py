@@ -49,8 +49,11 @@ SCHEMA = pa.schema([
     ("config", pa.string()),
 ])
 # Value a column takes in files written before it existed (absent = null).
-DIAGNOSTIC_COLUMNS = ("batch_cosine", "batch_class_entropy", "auroc_wrong", "spearman_loss", "spearman_entropy",
-                      "batch_labeled_distance")
+# Per-cycle diagnostics of the selected batch (daal_ray.diagnostics): its redundancy, and the
+# informativeness of the strategy's score.
+REDUNDANCY_COLUMNS = ("batch_cosine", "batch_class_entropy")
+INFORMATIVENESS_COLUMNS = ("auroc_wrong", "spearman_loss", "spearman_entropy", "batch_labeled_distance")
+DIAGNOSTIC_COLUMNS = REDUNDANCY_COLUMNS + INFORMATIVENESS_COLUMNS
 COLUMN_DEFAULTS: dict[str, Any] = {c: float("nan") for c in DIAGNOSTIC_COLUMNS}
 
 

@@ -418,7 +418,11 @@ def gather_rows(features: Any, ids: np.ndarray, columns: Sequence[str],
     pos = np.searchsorted(found[order], ids)
     if found.size != wanted.size or not np.array_equal(found[order][np.minimum(pos, max(found.size - 1, 0))], ids):
         missing = np.setdiff1d(wanted, found)[:5].tolist()
-        raise DataError(f"sample ids {missing} are not unlabeled rows of the pool")
+        if missing:
+            raise DataError(f"sample ids {missing} are not unlabeled rows of the pool")
+        srt = np.sort(found)
+        raise DataError(f"sample ids {np.unique(srt[1:][srt[1:] == srt[:-1]])[:5].tolist()} appear in more than "
+                        f"one row of the pool; every sample needs one row")
     return {c: np.asarray(got[c])[order][pos] for c in columns}
 
 

@@ -312,6 +312,9 @@ def test_gather_rows_returns_the_candidates_in_their_order_and_names_strangers()
     np.testing.assert_array_equal(got, [[0, 1], [0, 1], [1, 0], [2, 3]])
     with pytest.raises(DataError, match=r"\[3\]"):
         gather_rows(batches, np.array([3]), ["features"])  # labeled, not a candidate
+    twice = batches + [{"sample_id": np.array([9]), "labeled": np.array([False]), "features": np.eye(2)[:1]}]
+    with pytest.raises(DataError, match=r"\[9\] appear in more than one row"):
+        gather_rows(twice, ids, ["features"])
 
 
 def test_gather_unlabeled_sorts_by_id_and_checks_the_count():
