@@ -8,7 +8,9 @@ under several settings in one process, one after another, on one Ray instance:
 * ``sequential``: one experiment at a time, so step times are not inflated by contention;
 * ``sequential-tasks``: the same with ``inference_compute=tasks``;
 * ``grouped-tasks``: one experiment at a time in ONE Ray Train worker group (no Tune
-  trial per experiment), task inference: what ``jobs/digits.py`` does by default.
+  trial per experiment), task inference: what ``jobs/digits.py`` does by default;
+* ``job``: ``python jobs/digits.py`` itself, as a user runs it (its own Ray start-up and
+  defaults), timed from outside; the step sums come from its results file.
 
 Orchestration is everything that is not compute: Ray start-up, the Train worker group's
 start-up, Ray Data scheduling and actor start-up, Tune trial start-up, ALDriver round trips.
@@ -18,8 +20,8 @@ task model on each cycle's labeled set (``train_s``), training the acquisition n
 process, with plain PyTorch on one thread). The share is taken of the job's wall time in
 the one-at-a-time settings, where the steps do not overlap.
 
-    python bench/digits_main.py                      # all four settings, ~17 min on 2 cores
-    python bench/digits_main.py --settings concurrent
+    python bench/digits_main.py                      # the job as a user runs it (~3 min)
+    python bench/digits_main.py --settings concurrent,sequential,sequential-tasks,grouped-tasks
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +39,10 @@ import torch
 
 from daal_ray.acquisition import strategy_names
 from daal_ray.acquisition.entropy import predictive_entropy
+from daal_ray.cli.run import daal_epochs
 from daal_ray.data import get_dataset
 from daal_ray.models import build_model
+from daal_ray.results import read_results
 from daal_ray.runtime import init_ray, quiet_ray_data
 from daal_ray.tuning import plan_experiments, run_experiments
 
@@ -45,7 +51,16 @@ SETTINGS = {  # scale fields, and whether the experiments share one worker group
     "sequential": (dict(trial_concurrency=1, inference_compute="actors"), False),
     "sequential-tasks": (dict(trial_concurrency=1, inference_compute="tasks"), False),
     "grouped-tasks": (dict(trial_concurrency=1, inference_compute="tasks"), True),
+    "job": (dict(trial_concurrency=1, inference_compute="tasks"), True),  # run as its own process
 }
+REPO = Path(__file__).resolve().parents[1]
+
+
+def job_daal_epochs() -> int:
+    """``jobs/digits.py``'s default ``--daal-epochs``, read from the job's parser."""
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "digits.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    return int(out.split("DAAL training epochs per cycle (default: ")[1].split(",")[0].split(")")[0])
 
 
 def pool_pass_seconds(cfg, repeats: int = 5) -> float:
@@ -70,9 +85,16 @@ def run_setting(name: str, strategies: list[str], seeds: int, root: Path) -> dic
     scale, shared = SETTINGS[name]
     configs = plan_experiments(dataset="digits", strategies=strategies, seeds=range(seeds),
                                scale={"num_workers": 1, **scale},
-                               strategy_params={"daal": {"epochs": 15}})  # as jobs/digits.py
+                               strategy_params=daal_epochs(job_daal_epochs()))  # as jobs/digits.py
     t0 = time.perf_counter()
-    table = run_experiments(configs, root / name, concurrency=scale["trial_concurrency"], share_worker_group=shared)
+    if name == "job":
+        subprocess.run([sys.executable, str(REPO / "jobs" / "digits.py"), "--strategies", ",".join(strategies),
+                        "--seeds", str(seeds), "--run-dir", str(root / name), "--no-progress"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        table = read_results(root / name)
+    else:
+        table = run_experiments(configs, root / name, concurrency=scale["trial_concurrency"],
+                                share_worker_group=shared)
     wall = time.perf_counter() - t0
     rows = table.to_pylist()
     fwd = pool_pass_seconds(configs[0])
@@ -92,7 +114,7 @@ def run_setting(name: str, strategies: list[str], seeds: int, root: Path) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
+    p.add_argument("--settings", default="job", help="comma-separated subset of " + ", ".join(SETTINGS))
     p.add_argument("--strategies", default=",".join(s for s in ("random", "entropy", "daal") if s in strategy_names()))
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--out", default="bench/results/digits_main.json")
@@ -103,8 +125,10 @@ def main() -> None:
         report(saved["ray_init_s"], saved["results"])
         return
     t_init = time.perf_counter()
-    init_ray()
-    quiet_ray_data()
+    in_process = [s for s in args.settings.split(",") if s != "job"]
+    if in_process:
+        init_ray()
+        quiet_ray_data()
     ray_init_s = time.perf_counter() - t_init
     root = Path(tempfile.mkdtemp(prefix="daal-bench-"))
     results = []
@@ -128,6 +152,7 @@ def report(ray_init_s: float, results: list[dict]) -> None:
     for r in results:
         s = r["steps"]
         share = "n/a (overlapped)" if r["setting"] == "concurrent" else f"{1 - r['compute_s'] / r['wall_s']:.0%}"
+        # (the job setting's wall includes its own Ray start-up and the final report)
         print(f"| {r['setting']} | {r['experiments']} | {r['wall_s']:.1f} | {r['experiment_s']:.1f} | "
               f"{r['compute_s']:.1f} | {share} | {s['train_s']:.1f} | {s['acq_fit_s']:.1f} | {s['startup_s']:.1f} | "
               f"{s['features_s']:.1f} | {s['scoring_s']:.1f} | {s['overhead_s']:.1f} |")

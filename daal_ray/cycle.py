@@ -32,7 +32,15 @@ from daal_ray.driver import NAMESPACE
 from daal_ray.errors import PoolStateError
 from daal_ray.models import build_model
 from daal_ray.results import RESULTS_FILE, STEP_COLUMNS, upsert_rows
-from daal_ray.runtime import barrier, derive_seed, quiet_ray_data, share_from_rank_zero, world
+from daal_ray.runtime import (
+    barrier,
+    derive_seed,
+    log_to_file,
+    quiet_ray_data,
+    share_from_rank_zero,
+    stop_logging_to,
+    world,
+)
 from daal_ray.scoring import extract_features, pool_dataset, predictor_kwargs, select_topk
 from daal_ray.training import METRICS, FitStats, evaluate, fit_task_model, load_checkpoint_meta, save_checkpoint
 
@@ -61,8 +69,23 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
     ray.train.report(metrics, checkpoint=ckpt)
 
 
+WORKER_LOG = "worker-rank{rank}.log"
+
+
 def experiment_loop(loop_config: dict[str, Any]) -> None:
-    """Per-worker body of an experiment: every cycle, from wherever the state stands."""
+    """Per-worker body of an experiment: every cycle, from wherever the state stands.
+
+    Each rank appends its log records (Ray Train's report lines and DAAL's losses among
+    them) to ``worker-rank<r>.log`` in the experiment's run directory.
+    """
+    handler = log_to_file(Path(loop_config["run_dir"]) / WORKER_LOG.format(rank=world()[0]))
+    try:
+        _experiment_loop(loop_config)
+    finally:
+        stop_logging_to(handler)
+
+
+def _experiment_loop(loop_config: dict[str, Any]) -> None:
     cfg = ExperimentConfig.from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     driver = ray.get_actor(loop_config["driver_name"], namespace=NAMESPACE)

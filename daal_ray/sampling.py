@@ -137,7 +137,7 @@ def fit_features(features: Any, max_unlabeled: int, key: int, rank: int = 0, wor
     _, xl = _sorted(lab_ids, lab_x)
     if sample is not None:
         _, xu = sample.result()
-        logger.info("fit sample: %d of %d unlabeled rows (max_fit_unlabeled=%d), %d labeled", len(xu), sample.seen,
+        logger.debug("fit sample: %d of %d unlabeled rows (max_fit_unlabeled=%d), %d labeled", len(xu), sample.seen,
                     max_unlabeled, len(xl))
     else:
         _, xu = _sorted(un_ids, un_x)

@@ -317,18 +317,22 @@ def _gumbel(n: int, generator: torch.Generator, device: Any) -> torch.Tensor:
     return (-torch.log(-torch.log(u))).to(device)
 
 
-def euclidean_min_sq(x: torch.Tensor, rows: int = 1 << 15) -> Callable[[torch.Tensor], torch.Tensor]:
+def euclidean_min_sq(x: torch.Tensor, rows: int = 1 << 13) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(centres) -> [n]``: each row's squared Euclidean distance to its nearest row of
-    ``x[centres]``, computed in row chunks so no ``n x len(centres)`` matrix is held."""
+    ``x[centres]``, computed in row chunks so no ``n x len(centres)`` matrix is held.
+
+    ``|x_i - c|^2 = |x_i|^2 + min_c (|c|^2 - 2 x_i . c)``: per chunk, one matrix product
+    and one add over the ``rows x centres`` block before its row minimum (the row's own
+    norm is added to the minimum); chunks small enough to stay in cache."""
     x_sq = _sq_norms(x)
 
     def min_sq(centres: torch.Tensor) -> torch.Tensor:
-        c, c_sq = x[centres], x_sq[centres]
+        c, c_sq = x[centres] * -2.0, x_sq[centres][None]
         out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
         for i in range(0, x.shape[0], rows):
-            d = (x[i:i + rows] @ c.T).mul_(-2.0).add_(x_sq[i:i + rows, None]).add_(c_sq[None])
-            out[i:i + rows] = d.min(dim=1).values.clamp_min_(0.0)
-        return out
+            block = torch.addmm(c_sq, x[i:i + rows], c.T)
+            out[i:i + rows] = torch.amin(block, dim=1)
+        return out.add_(x_sq).clamp_min_(0.0)
 
     return min_sq
 

@@ -215,16 +215,16 @@ def _progress_callback(total: int) -> Any:
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             if "experiment" not in result:
                 return
-            logger.info("progress: %s cycle %d: %d labeled (%.1f%%), %s %.4f", result["experiment"], result["cycle"],
+            logger.debug("progress: %s cycle %d: %d labeled (%.1f%%), %s %.4f", result["experiment"], result["cycle"],
                         result["num_labeled"], 100 * result["labeled_fraction"], result["metric"], result["value"])
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.finished += 1
-            logger.info("progress: %s finished (%d/%d trials)", _trial_name(trial), self.finished, self.total)
+            logger.debug("progress: %s finished (%d/%d trials)", _trial_name(trial), self.finished, self.total)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.finished += 1
-            logger.info("progress: %s FAILED (%d/%d trials); a re-run resumes it", _trial_name(trial),
+            logger.debug("progress: %s FAILED (%d/%d trials); a re-run resumes it", _trial_name(trial),
                         self.finished, self.total)
 
     return ProgressLogger()

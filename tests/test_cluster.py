@@ -188,6 +188,16 @@ def test_ray_job_submit_runs_the_cityscapes_smoke_test_to_success(local_head, tm
     assert r.returncode == 0, out[-4000:]
     assert "succeeded" in out.lower()
     assert str(run_dir / "results.parquet") in out and str(run_dir / "fixture") in out
+    # The console: one line per cycle, none of Ray Train's report lines or DAAL's losses,
+    # which are in the workers' logs in the run directory instead.
+    cycle_lines = [line for line in out.splitlines() if line.startswith("cityscapes-daal-seed0  cycle ")]
+    assert [line.split()[2] for line in cycle_lines] == ["0/1", "1/1"], out[-4000:]
+    for noise in ("Reporting training result", "StepLosses(", "DAAL epoch", "TrainingReport("):
+        assert noise not in out, noise
+    worker_log = (run_dir / "cityscapes-daal-seed0" / "worker-rank0.log").read_text()
+    assert "Reporting training result" in worker_log and "DAAL epoch 1/1: recon " in worker_log
+    assert (run_dir / "cityscapes-daal-seed0" / "worker-rank1.log").is_file()  # every rank has its log
+    assert "running 1 experiment(s)" in (run_dir / "job.log").read_text()
     status = subprocess.run([RAY, "job", "list", "--address", local_head.address], env=local_head.env,
                             capture_output=True, text=True, timeout=60).stdout
     assert "SUCCEEDED" in status
@@ -224,3 +234,28 @@ def test_ray_job_submit_without_the_token_is_refused(local_head, auth):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "authentication" in (r.stdout + r.stderr).lower()
+
+
+@pytest.mark.slow
+def test_a_local_instance_started_next_to_another_cluster_finds_itself(local_head, tmp_path):
+    """Two Ray instances on one machine (the head above and the one ``init_ray`` starts):
+    a process of the new instance that looks its cluster up without an address (as Ray
+    Train's placement-group cleaner does through the state API) finds its own, where the
+    lookup would otherwise fail with 'Found multiple active Ray instances'."""
+    script = (
+        "import ray, ray._private.services as services\n"
+        "from daal_ray.runtime import init_ray\n"
+        "init_ray(num_cpus=2)\n"
+        "@ray.remote\n"
+        "def lookup():\n"
+        "    return services.canonicalize_bootstrap_address_or_die(None)\n"
+        "print('OWN', ray.get_runtime_context().gcs_address)\n"
+        "print('FOUND', ray.get(lookup.remote()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"RAY_AUTH_MODE": "disabled", "DAAL_RAY_DASHBOARD": "1"})  # the state API needs the dashboard
+    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    found = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("OWN", "FOUND")))
+    assert found["FOUND"].split(":")[-1] == found["OWN"].split(":")[-1]  # the same GCS port: this instance

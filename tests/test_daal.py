@@ -180,7 +180,8 @@ def test_daal_nets_use_the_configured_vae_dropout():
     paper = DAALNets(8, DAALParams(vae_dropout=0.4))
     assert dropouts(paper.vae.encoder) == [0.4] * 6 and dropouts(paper.vae.decoder) == [0.4] * 6
     default = DAALNets(8, DAALParams())
-    assert dropouts(default.vae) == [] and dropouts(default.score) == [0.4] * 4
+    assert dropouts(default.vae) == [] and dropouts(default.score) == []  # measured defaults
+    assert dropouts(DAALNets(8, DAALParams(dropout=0.4)).score) == [0.4] * 4  # the paper's
     with pytest.raises(ConfigError):
         DAALParams(vae_dropout=1.0)
 
@@ -204,7 +205,8 @@ def _changed(before, params):
     return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
 
 
-@pytest.mark.parametrize("ablation", [{}, {"use_udis": False}, {"use_rdis": False},
+@pytest.mark.parametrize("ablation", [{}, {"use_udis": False}, {"use_rdis": False}, {"updates": "sequential"},
+                                      {"udis_fake": "reconstruction"},
                                       {"rater_adversarial": False, "weighted_gan": False, "w_feature_recon": 0.0}])
 def test_each_update_changes_only_its_own_group(ablation):
     torch.manual_seed(0)
@@ -241,6 +243,62 @@ def test_each_update_changes_only_its_own_group(ablation):
                 assert not any(changed), f"update {active} changed group {k}"
 
 
+_SMALL = dict(score_hidden=(16, 8, 8, 4), disc_hidden=(16, 8, 8, 4), vae_hidden=(16, 16, 8, 8, 8, 8), latent_dim=4)
+
+
+def _calls(nets):
+    counts = {}
+    for name in ("score", "udis", "rdis"):
+        getattr(nets, name).register_forward_hook(lambda m, i, o, n=name: counts.__setitem__(n, counts.get(n, 0) + 1))
+    for name in ("encoder", "decoder"):
+        getattr(nets.vae, name).register_forward_hook(
+            lambda m, i, o, n=name: counts.__setitem__(n, counts.get(n, 0) + 1))
+    return counts
+
+
+def test_a_simultaneous_step_runs_every_network_once_and_alg1_as_printed_three_times():
+    x_l, x_u = torch.randn(10, 6), torch.randn(12, 6)
+    for updates, expected in (("simultaneous", 1), ("sequential", 3)):
+        p = DAALParams(updates=updates, **_SMALL)
+        nets = DAALNets(6, p)
+        counts = _calls(nets)
+        daal_step(nets, {k: torch.optim.Adam(v) for k, v in nets.groups().items()}, p, x_l, x_u)
+        assert counts["score"] == counts["encoder"] == counts["decoder"] == expected, (updates, counts)
+        assert counts["udis"] >= 1 and counts["rdis"] >= 1
+
+
+def test_the_simultaneous_rater_update_is_alg1s_first_update():
+    """Alg. 1's first update reads the batch's starting weights, as the simultaneous step
+    does for all three: with the same noise, the rater moves identically in both."""
+    x_l, x_u = torch.randn(10, 6), torch.randn(12, 6)
+    after = {}
+    for updates in ("simultaneous", "sequential"):
+        torch.manual_seed(3)
+        p = DAALParams(updates=updates, **_SMALL)
+        nets = DAALNets(6, p)
+        opts = {k: torch.optim.Adam(v, lr=1e-2) for k, v in nets.groups().items()}
+        torch.manual_seed(4)
+        daal_step(nets, opts, p, x_l, x_u)
+        after[updates] = [q.detach().clone() for q in nets.groups()["rater"]]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after["simultaneous"], after["sequential"]))
+
+
+def test_udis_judges_the_unlabeled_features_or_their_reconstruction():
+    """``udis_fake`` decides what uDis's fake logits are computed from: with ``features``
+    they do not change when the decoder's output does."""
+    torch.manual_seed(0)
+    x_l, x_u = torch.randn(10, 6), torch.randn(12, 6)
+    x_hat, x_tilde = torch.randn(12, 6), torch.randn(12, 6)
+    from daal_ray.acquisition.daal.fit import _adversarial_terms
+    for fake, moves in (("features", False), ("reconstruction", True)):
+        p = DAALParams(udis_fake=fake, **_SMALL)
+        nets = DAALNets(6, p)
+        _, f1, _, _ = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
+        _, f2, _, _ = _adversarial_terms(nets, p, x_l, x_u, x_hat + 1.0, x_tilde)
+        assert (not torch.equal(f1[0], f2[0])) == moves, fake
+        assert torch.allclose(f1[0], nets.udis(x_u if fake == "features" else x_hat)[0], atol=1e-6)
+
+
 def test_training_reduces_the_discriminator_loss_and_resumes_from_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     x_l = rng.normal(size=(64, 8)).astype(np.float32)
@@ -257,6 +315,21 @@ def test_training_reduces_the_discriminator_loss_and_resumes_from_checkpoint(tmp
     assert hist2 == []
     for a, b in zip(nets.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_resume_point_is_written_on_the_interval_and_after_the_last_epoch(tmp_path, monkeypatch):
+    from daal_ray.acquisition.daal import fit as daal_fit
+    writes = []
+    real = daal_fit.save_state
+    monkeypatch.setattr(daal_fit, "save_state", lambda path, state: (writes.append(state["epoch"]), real(path, state)))
+    x_l = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    x_u = np.random.default_rng(1).normal(size=(32, 6)).astype(np.float32)
+    base = dict(epochs=4, batch_size=16, **_SMALL)
+    train_daal(x_l, x_u, DAALParams(checkpoint_every_s=3600, **base), seed=0, checkpoint=tmp_path / "a.pt")
+    assert writes == [4]  # the interval never came: only the end
+    writes.clear()
+    train_daal(x_l, x_u, DAALParams(checkpoint_every_s=0, **base), seed=0, checkpoint=tmp_path / "b.pt")
+    assert writes == [1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------ through Ray (known answer)

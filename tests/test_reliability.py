@@ -480,13 +480,18 @@ def test_local_ray_keeps_the_dashboard_on_localhost(monkeypatch):
 
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw, gcs_port=os.environ.get(runtime.GCS_PORT_ENV)))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(runtime.DASHBOARD_ENV, raising=False)
     runtime.init_ray(num_cpus=2)
     assert seen["dashboard_host"] == "127.0.0.1" and "address" not in seen
     assert seen["include_dashboard"] is True, "on by default"
+    # the instance's own address, known before it starts, is every one of its processes' RAY_ADDRESS
+    assert seen["runtime_env"]["env_vars"]["RAY_ADDRESS"].endswith(f":{seen['gcs_port']}")
+    assert runtime.GCS_PORT_ENV not in os.environ, "the port variable is not left behind"
+    seen.clear()
     monkeypatch.setenv(runtime.DASHBOARD_ENV, "0")
     runtime.init_ray(num_cpus=2)
     assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
+    assert "runtime_env" not in seen and seen["gcs_port"] is None
 

@@ -324,3 +324,14 @@ def test_gather_unlabeled_sorts_by_id_and_checks_the_count():
     assert ids.tolist() == [4, 8] and cols["probs"].ravel().tolist() == [3.0, 1.0]
     with pytest.raises(DataError, match="expected 3"):
         gather_unlabeled(batches, 3, ["probs"])
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1 << 13])
+def test_euclidean_min_sq_equals_the_brute_force_nearest_centre_distance(rows):
+    rng = np.random.default_rng(5)
+    x = torch.as_tensor(rng.normal(size=(53, 9)), dtype=torch.float64)
+    centres = torch.as_tensor([3, 17, 40, 41])
+    brute = ((x[:, None, :] - x[centres][None]) ** 2).sum(-1).min(dim=1).values
+    got = euclidean_min_sq(x, rows=rows)(centres)
+    assert torch.allclose(got, brute, atol=1e-10)
+    assert torch.all(got >= 0) and torch.all(got[centres] < 1e-10)  # clamped: never a negative distance

@@ -42,7 +42,7 @@ class BadgeParams(Config):
         rows: rows per chunk of the distance pass (bounds its memory at ``rows x batch``).
     """
 
-    rows: int = 1 << 15
+    rows: int = 1 << 13
 
     def validate(self) -> None:
         check(self.rows >= 1, f"BadgeParams.rows must be >= 1, got {self.rows}")
@@ -56,18 +56,27 @@ def gradient_residuals(probs: np.ndarray) -> np.ndarray:
     return p
 
 
-def badge_min_sq(phi: torch.Tensor, r: torch.Tensor, rows: int = 1 << 15) -> Callable[[torch.Tensor], torch.Tensor]:
+def badge_min_sq(phi: torch.Tensor, r: torch.Tensor, rows: int = 1 << 13) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(centres) -> [n]``: each sample's squared distance, in gradient-embedding space, to
-    its nearest centre, from the factorised inner products (no ``n x C d`` embedding)."""
+    its nearest centre, from the factorised inner products (no ``n x C d`` embedding).
+
+    ``|g_i - g_c|^2 = |g_i|^2 + min_c (|g_c|^2 - 2 (phi_i . phi_c)(r_i . r_c))``: per chunk of
+    ``rows`` samples, two matrix products and ONE fused multiply-add over the
+    ``rows x centres`` block before its row minimum; the sample's own norm is added to the
+    minimum, not to the block. A chunk small enough to stay in cache is what makes this
+    pass compute-bound rather than memory-bound (3.3x faster than four passes over a
+    32k-row block, BENCHMARKS.md).
+    """
     sq = (phi * phi).sum(1) * (r * r).sum(1)
 
     def min_sq(centres: torch.Tensor) -> torch.Tensor:
-        pc, rc, sc = phi[centres], r[centres], sq[centres]
+        pc, rc, sc = phi[centres], r[centres] * -2.0, sq[centres][None]
         out = torch.empty(phi.shape[0], dtype=phi.dtype, device=phi.device)
         for i in range(0, phi.shape[0], rows):
-            dot = (phi[i:i + rows] @ pc.T).mul_(r[i:i + rows] @ rc.T)
-            out[i:i + rows] = dot.mul_(-2.0).add_(sq[i:i + rows, None]).add_(sc[None]).min(dim=1).values.clamp_min_(0)
-        return out
+            block = phi[i:i + rows] @ pc.T
+            torch.addcmul(sc, block, r[i:i + rows] @ rc.T, out=block)
+            out[i:i + rows] = torch.amin(block, dim=1)
+        return out.add_(sq).clamp_min_(0)
 
     return min_sq
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
+import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
+
+import ray
 
 from daal_ray.acquisition import get_strategy_class, strategy_names
 from daal_ray.acquisition.daal import DAALParams
 from daal_ray.config import ExperimentConfig
 from daal_ray.errors import DaalRayError
+from daal_ray.progress import CycleProgress
 from daal_ray.report import build_report, format_table, plot_learning_curves
 from daal_ray.results import RESULTS_FILE
-from daal_ray.runtime import init_ray
+from daal_ray.runtime import init_ray, log_to_file, ray_logs_dir, setup_logging, stop_logging_to
 from daal_ray.tuning import plan_experiments, preflight, run_experiments, run_sweep
 
 logger = logging.getLogger("daal_ray")
@@ -78,6 +83,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
                         "(default: %(default)s; None = as resources allow, one Tune trial each)")
     r.add_argument("--num-cpus", type=int, default=None,
                    help="logical CPUs of a locally started Ray (default: max(8, 4 x cores)); ignored on a cluster")
+    o = p.add_argument_group("output")
+    o.add_argument("--verbose", action="store_true",
+                   help="print every log record (the workers', Ray's and DAAL's losses) instead of one line per "
+                        "cycle; they are always in RUN_DIR/job.log and RUN_DIR/<experiment>/worker-rank*.log")
+    o.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (the per-cycle lines stay)")
 
 
 def _read_config_file(path: Optional[str]) -> dict:
@@ -127,15 +138,88 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
                             strategy_params=strategy_params)
 
 
+T = TypeVar("T")
+JOB_LOG = "job.log"
+RAY_LOGS_LINK = "ray-logs"
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+
+
+def run_job(args: argparse.Namespace, configs: list[ExperimentConfig], run_dir: Path, body: Callable[[], T]) -> T:
+    """Start Ray and run ``body`` with a job's console: one line per cycle and a progress
+    bar (or, with ``--verbose``, every record), every log record in ``run_dir/job.log``
+    and Ray's own log files linked from ``run_dir/ray-logs``.
+
+    ``body`` runs in a thread of its own, so Ray Train and Tune leave Ctrl-C to this one:
+    it stops the job at once (Ray is shut down; the cycle in flight is redone on resume)
+    and says how many cycles are recorded and that the same command resumes from them
+    (exit status 130).
+    """
+    verbose = bool(getattr(args, "verbose", False))
+    setup_logging(verbose=verbose)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = log_to_file(run_dir / JOB_LOG)
+    try:
+        logger.info("running %d experiment(s) under %s: %s", len(configs), run_dir,
+                    ", ".join(c.name for c in configs))
+        init_ray(num_cpus=args.num_cpus, log_to_driver=verbose)
+        _link_ray_logs(run_dir)
+        progress = CycleProgress(configs, run_dir, bar=None if getattr(args, "progress", True) and not verbose else False)
+        try:
+            with progress:
+                return _in_thread(body)
+        except KeyboardInterrupt:
+            ray.shutdown()
+            print(f"\ninterrupted: {progress.done} of {progress.total} cycles are recorded under {run_dir} "
+                  f"(their labels, models and results are kept); run the same command again to resume "
+                  f"from there.", file=sys.stderr)
+            raise SystemExit(INTERRUPTED) from None
+    finally:
+        stop_logging_to(handler)
+
+
+def _in_thread(body: Callable[[], T]) -> T:
+    """``body()`` in a daemon thread while this thread waits, interruptible by Ctrl-C."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = body()
+        except BaseException as exc:  # re-raised in the waiting thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="daal-ray-job", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _link_ray_logs(run_dir: Path) -> None:
+    """``run_dir/ray-logs`` -> this Ray instance's log folder (when it runs on this machine)."""
+    logs = ray_logs_dir()
+    if logs is None:
+        return
+    logger.info("Ray's own log files: %s", logs)
+    link = run_dir / RAY_LOGS_LINK
+    try:
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(logs, target_is_directory=True)
+    except OSError as exc:  # a read-only or link-less file system: the path is in job.log
+        logger.debug("could not link %s: %s", link, exc)
+
+
 def run_from_args(args: argparse.Namespace, dataset: Optional[str] = None, title: str = "",
                   strategy_params: Optional[dict[str, dict]] = None) -> int:
     """Plan, run, and summarise experiments; used by ``daal-ray run`` and the job scripts."""
     configs = configs_from_args(args, dataset, strategy_params)
     run_dir = Path(args.run_dir)
-    logger.info("running %d experiment(s) under %s: %s", len(configs), run_dir, ", ".join(c.name for c in configs))
     preflight(configs)  # bad data or a budget larger than the pool is refused before Ray starts
-    init_ray(num_cpus=args.num_cpus)
-    table = run_experiments(configs, run_dir, concurrency=configs[0].scale.trial_concurrency)
+    table = run_job(args, configs, run_dir,
+                    lambda: run_experiments(configs, run_dir, concurrency=configs[0].scale.trial_concurrency))
     png = plot_learning_curves(table, run_dir / "learning_curve.png", title=title)
     print(format_table(table))
     print(f"\nresults: {run_dir / 'results.parquet'}\nfigure:  {png}")
@@ -149,10 +233,8 @@ def sweep_from_args(args: Any) -> int:
     configs = [c for d in datasets for c in configs_from_args(args, dataset=d, strategy_params=getattr(
         args, "strategy_params", None))]
     run_dir = Path(args.run_dir)
-    logger.info("sweep %s: %d experiment(s) under %s", args.name, len(configs), run_dir)
     preflight(configs)
-    init_ray(num_cpus=args.num_cpus)
-    run_sweep(configs, run_dir, sweep_name=args.name)
+    run_job(args, configs, run_dir, lambda: run_sweep(configs, run_dir, sweep_name=args.name))
     report = build_report(run_dir)
     print(report.text)
     print(f"\nresults: {run_dir / RESULTS_FILE}\nreport:  {report.text_path}")

@@ -6,9 +6,11 @@ Per batch ``(x_l, x_u)`` three updates, each touching only its own parameter gro
 2. ``{decoder}``           <- L_recon + L_GAN (generator side)
 3. ``{uDis, rDis}``        <- maximise L_GAN
 
-Every update recomputes its forward pass from the current weights, back-propagates into
-its own group only (``backward(inputs=...)``), averages those gradients over the ranks
-(the all-reduce DDP would do) and steps its own Adam. All ranks start from the same seed,
+By default the three updates take their gradients from one forward pass (each group's
+gradient of its own loss only, at the batch's starting weights), then step
+(``updates="simultaneous"``); ``updates="sequential"`` recomputes the forward pass before
+each update, as Alg. 1 reads. Each group's gradients are averaged over the ranks (the
+all-reduce DDP would do) before its own Adam steps. All ranks start from the same seed,
 so their weights stay identical. A checkpoint of every network and optimiser is written
 after each epoch, and training resumes from it.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -30,7 +33,7 @@ from torch import nn
 from daal_ray.acquisition.daal import losses as L
 from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
 from daal_ray.atomic_io import atomic_write
-from daal_ray.runtime import apply_update
+from daal_ray.runtime import allreduce_grads, apply_update
 from daal_ray.runtime import world as rank_and_world
 from daal_ray.settings import Config, check
 
@@ -39,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DAALParams(Config):
-    """DAAL settings; paper values where it states them (Adam 5e-4, batch 128, sigma 0.2,
-    dropout 0.4), documented choices elsewhere.
+    """DAAL settings; paper values where it states them (Adam 5e-4, batch 128, sigma 0.2),
+    documented choices elsewhere, and measured departures from it where the paper's value
+    leaves the score without information (each says why, with its measurement).
 
     Attributes:
         epochs: passes over the unlabeled features per cycle (paper: 150 on CIFAR, 100 on
@@ -51,7 +55,11 @@ class DAALParams(Config):
         score_hidden, disc_hidden: the 4 hidden widths of ScoreNet and of the discriminators.
         vae_hidden: the 6 hidden widths of the encoder (mirrored by the decoder).
         latent_dim: VAE latent size.
-        dropout: dropout of ScoreNet (paper: 0.4 in ScoreNet and VAE).
+        dropout: dropout of ScoreNet (paper: 0.4 in ScoreNet and VAE). Default 0: with 0.4
+            the length loss holds the *training-mode* mean score at sigma while the
+            evaluation-mode scores that select drift to a near-constant (std ~1e-7 on digits:
+            the ranking is numerical noise) and carry less information (AUROC for "the model
+            is wrong" 0.52 against 0.65, bench/daal_informativeness.py in BENCHMARKS.md).
         vae_dropout: dropout of the VAE's encoder and decoder. The paper puts 0.4 after each
             of their 12 hidden layers; at the training lengths measured here (up to 600
             steps) that leaves the posterior collapsed (KL ~0.1, one reconstruction for
@@ -74,12 +82,32 @@ class DAALParams(Config):
             unlabeled originals loses it: Sec. 3.1's "multi-player competition". Both off
             (``rater_adversarial=False, weighted_gan=False``) is Alg. 1 as printed.
         gan_form: generator loss, ``non_saturating`` (default) or Eq. 4's ``saturating`` form.
+        udis_fake: what uDis tells from the labeled features: the uncertainty branch's
+            ``reconstruction`` (paper) or the unlabeled ``features`` themselves (default). A
+            reconstruction is told from a real feature by being a reconstruction, whatever
+            the sample: uDis then rates every sample alike and the weighted game hands the
+            scores no uncertainty signal (on digits the score ranked the model's errors
+            *below* its correct predictions, AUROC 0.52 and Spearman -0.06 with the loss).
+            Judging the unlabeled features against the labeled ones (VAAL's
+            discriminator, on features) scores a sample by how unlike the labeled set it
+            is; the reconstructions still train the VAE through Eq. 3's feature matching.
+        updates: ``simultaneous`` (default): the three updates of a batch take their
+            gradients from one forward pass at the batch's starting weights, then step;
+            ``sequential``: each update recomputes the forward pass after the previous one
+            stepped (Alg. 1 read literally). Same selection quality, 1.8x fewer
+            milliseconds per step (BENCHMARKS.md).
         dpp_jitter: added to the DPP subset kernel's diagonal.
         dpp_per_item: divide the DPP loss by the subset size ``sigma * n``. Eq. 7's log-ratio
             is a sum over the subset (~120 per batch of 128 at sigma 0.2, against ~1 for the
             other terms, which are batch means), so unscaled it decides the scores alone by
             sharpening whatever ranking the networks start with (BENCHMARKS.md).
-        w_recon, w_prior, w_gan, w_length, w_dpp: loss weights (paper: all 1).
+        w_recon, w_prior, w_gan, w_length, w_dpp: loss weights (paper: all 1). Defaults
+            differ in two: ``w_gan`` 5, so the adversarial judgement (not the reconstruction
+            terms) orders the scores (1: AUROC 0.57, Spearman with the loss +0.15; 5: 0.65,
+            +0.32), and ``w_dpp`` 0.1 (the DPP term splits the batch into a high- and a
+            low-score half by whatever ranking the networks start with: at 1 the score's
+            AUROC is 0.51). Measured in BENCHMARKS.md, each against the defaults with that
+            one setting at the paper's value.
         w_feature_recon: weight of a Gaussian log-likelihood of ``x_u`` under each branch's
             reconstruction (per-dimension variance 1/d), added to Eq. 3's feature matching
             (paper: none; 0 turns it off). Feature matching alone gives the encoder no stable target while
@@ -93,6 +121,11 @@ class DAALParams(Config):
             100,000 by default: 51 MB of 128-d features, and one epoch (with the labeled
             ones) took 66 s on one CPU thread in the 10-million-sample run of BENCHMARKS.md,
             where the whole pool would be 5 GB on every rank. Pools with fewer unlabeled samples are read whole, exactly as before.
+        checkpoint_every_s: the fit's resume point (every network and optimiser) is written
+            after an epoch once this many seconds have passed since the last one, and after
+            the last epoch; 0 writes one after every epoch. A crash loses at most this much
+            of the fit (on digits an epoch is a quarter of a second and a write, with its
+            fsync, cost about as much).
     """
 
     epochs: int = 30
@@ -103,7 +136,7 @@ class DAALParams(Config):
     disc_hidden: tuple[int, ...] = (256, 128, 64, 32)
     vae_hidden: tuple[int, ...] = (256, 256, 128, 128, 64, 64)
     latent_dim: int = 32
-    dropout: float = 0.4
+    dropout: float = 0.0
     vae_dropout: float = 0.0
     use_udis: bool = True
     use_rdis: bool = True
@@ -113,15 +146,18 @@ class DAALParams(Config):
     rater_adversarial: bool = True
     weighted_gan: bool = True
     gan_form: Literal["non_saturating", "saturating"] = "non_saturating"
+    udis_fake: Literal["reconstruction", "features"] = "features"
+    updates: Literal["simultaneous", "sequential"] = "simultaneous"
     dpp_jitter: float = 1e-4
     dpp_per_item: bool = True
     w_recon: float = 1.0
     w_prior: float = 1.0
-    w_gan: float = 1.0
+    w_gan: float = 5.0
     w_length: float = 1.0
-    w_dpp: float = 1.0
+    w_dpp: float = 0.1
     w_feature_recon: float = 1.0
     max_fit_unlabeled: int = 100_000
+    checkpoint_every_s: float = 30.0
 
     def validate(self) -> None:
         check(self.epochs >= 1, f"daal epochs must be >= 1, got {self.epochs}")
@@ -136,6 +172,7 @@ class DAALParams(Config):
         check(len(self.vae_hidden) == 6, "daal vae_hidden takes 6 widths (encoder and decoder are 7-layer MLPs)")
         check(self.latent_dim >= 1, "daal latent_dim must be >= 1")
         check(self.max_fit_unlabeled >= 0, f"daal max_fit_unlabeled must be >= 0 (0 = all), got {self.max_fit_unlabeled}")
+        check(self.checkpoint_every_s >= 0, f"daal checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
 
 
 class DAALNets(nn.Module):
@@ -169,17 +206,20 @@ class StepLosses:
     gan: float
     mean_score: float
 
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {getattr(self, k):.4g}" for k in self.__dataclass_fields__)
+
 
 def _rater_forward(nets: DAALNets, x_u: torch.Tensor):
-    """ScoreNet -> weighted branches -> encoder -> decoder (Alg. 1 lines 10-12)."""
+    """ScoreNet -> weighted branches -> encoder -> decoder (Alg. 1 lines 10-12). Both
+    branches go through the VAE as one batch (half the small-layer calls)."""
     s = nets.score(x_u)
+    n = x_u.shape[0]
     unc_in = (1.0 - s).unsqueeze(1) * x_u  # uncertainty branch, weight 1 - s
     rep_in = s.unsqueeze(1) * x_u  # representativeness branch, weight s
-    mu_h, lv_h = nets.vae.encode(unc_in)
-    mu_t, lv_t = nets.vae.encode(rep_in)
-    x_hat = nets.vae.decode(nets.vae.reparameterize(mu_h, lv_h))
-    x_tilde = nets.vae.decode(nets.vae.reparameterize(mu_t, lv_t))
-    return s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde
+    mu, lv = nets.vae.encode(torch.cat([unc_in, rep_in]))
+    recon = nets.vae.decode(nets.vae.reparameterize(mu, lv))
+    return s, (mu[:n], lv[:n], mu[n:], lv[n:]), recon[:n], recon[n:]
 
 
 def _branch_weights(p: DAALParams, s: torch.Tensor, detach: bool) -> Optional[list[torch.Tensor]]:
@@ -196,18 +236,27 @@ def _fake_logits(nets: DAALNets, p: DAALParams, x_hat, x_tilde) -> list[torch.Te
     return ([nets.udis(x_hat)[0]] if p.use_udis else []) + ([nets.rdis(x_tilde)[0]] if p.use_rdis else [])
 
 
+def _udis_fake(p: DAALParams, x_u: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """What uDis judges as fake: the unlabeled features or their uncertainty reconstruction."""
+    return x_u if p.udis_fake == "features" else x_hat
+
+
 def _adversarial_terms(nets: DAALNets, p: DAALParams, x_l, x_u, x_hat, x_tilde):
-    """Discriminator outputs on (real, fake) per enabled branch, and hidden activations."""
+    """Discriminator outputs on (real, fake) per enabled branch, and hidden activations.
+    Each discriminator sees its inputs as one batch."""
     real_logits, fake_logits, real_hidden, fake_hidden = [], [], [], []
     if p.use_udis:
-        lr_, _ = nets.udis(x_l)
-        _, hu = nets.udis(x_u)
-        lf, hf = nets.udis(x_hat)
+        nl, nu = x_l.shape[0], x_u.shape[0]
+        logits, hidden = nets.udis(torch.cat([x_l, x_u, x_hat]))
+        lr_, lu, lf = logits[:nl], logits[nl:nl + nu], logits[nl + nu:]
+        hu, hf = hidden[nl:nl + nu], hidden[nl + nu:]
+        lf = lu if p.udis_fake == "features" else lf
         real_logits.append(lr_), fake_logits.append(lf), real_hidden.append(hu), fake_hidden.append(hf)
     if p.use_rdis:
-        lr_, hr = nets.rdis(x_u)
-        lf, hf = nets.rdis(x_tilde)
-        real_logits.append(lr_), fake_logits.append(lf), real_hidden.append(hr), fake_hidden.append(hf)
+        nu = x_u.shape[0]
+        logits, hidden = nets.rdis(torch.cat([x_u, x_tilde]))
+        real_logits.append(logits[:nu]), fake_logits.append(logits[nu:])
+        real_hidden.append(hidden[:nu]), fake_hidden.append(hidden[nu:])
     return real_logits, fake_logits, real_hidden, fake_hidden
 
 
@@ -224,9 +273,54 @@ def _recon(p: DAALParams, real_hidden, fake_hidden, x_u, x_hat, x_tilde) -> torc
     return loss
 
 
+def _step_grads(loss: torch.Tensor, params: list[nn.Parameter], retain: bool) -> None:
+    """Set ``params``' gradients to those of ``loss`` (zeros where it does not reach)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+    for param, g in zip(params, grads):
+        param.grad = g if g is not None else torch.zeros_like(param)
+
+
+def _simultaneous_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALParams, x_l: torch.Tensor,
+                       x_u: torch.Tensor) -> StepLosses:
+    """Alg. 1's three updates from ONE forward pass: each group's gradient of its own loss
+    at the batch's starting weights, then the three optimiser steps (the simultaneous
+    gradient step of most GAN training, instead of recomputing the forward pass between
+    updates)."""
+    groups = nets.groups()
+    saturating = p.gan_form == "saturating"
+    s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde = _rater_forward(nets, x_u)
+    real_logits, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
+    recon = _recon(p, rh, fh, x_u, x_hat, x_tilde)
+    prior = L.prior_loss(mu_h, lv_h) + L.prior_loss(mu_t, lv_t)
+    length = L.length_loss(s, p.sigma) if p.use_length_loss else s.new_zeros(())
+    dpp = L.dpp_loss(s, x_u, p.sigma, p.dpp_jitter) if p.use_dpp_loss else s.new_zeros(())
+    if p.dpp_per_item:
+        dpp = dpp / L.subset_size(s.shape[0], p.sigma)
+    rater = p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp
+    if p.rater_adversarial:
+        # Weighted, the rater plays through its weights only (see daal_step): the
+        # discriminators' judgements enter as constants.
+        judged = [f.detach() for f in fake_logits] if p.weighted_gan else fake_logits
+        rater = rater + p.w_gan * L.generator_gan_loss(judged, saturating=saturating,
+                                                       fake_weights=_branch_weights(p, s, detach=False))
+    decoder = p.w_recon * recon + p.w_gan * L.generator_gan_loss(
+        fake_logits, saturating=saturating, fake_weights=_branch_weights(p, s, detach=True))
+    gan = L.gan_loss(real_logits, fake_logits, fake_weights=_branch_weights(p, s, detach=True))
+    _step_grads(rater, groups["rater"], retain=True)
+    _step_grads(decoder, groups["decoder"], retain=True)
+    _step_grads(-p.w_gan * gan, groups["discriminators"], retain=False)
+    for name in ("rater", "decoder", "discriminators"):
+        allreduce_grads(groups[name])
+        opts[name].step()
+    return StepLosses(*(float(t.detach()) for t in (recon, prior, length, dpp, gan, s.mean())))
+
+
 def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALParams, x_l: torch.Tensor,
               x_u: torch.Tensor) -> StepLosses:
-    """One batch of Alg. 1: the three updates, in order."""
+    """One batch of Alg. 1: the three updates, in order (``p.updates``: simultaneous from
+    one forward pass, or each recomputing it as printed)."""
+    if p.updates == "simultaneous":
+        return _simultaneous_step(nets, opts, p, x_l, x_u)
     groups = nets.groups()
     saturating = p.gan_form == "saturating"
 
@@ -246,7 +340,7 @@ def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALPar
             # as they stand, and the scores move weight onto the samples whose reconstruction
             # fools each one. Letting this term into the encoder too would let it fool uDis by
             # mapping every sample onto the labeled set, which erases the signal.
-            fake_logits = _fake_logits(nets, p, x_hat.detach(), x_tilde.detach())
+            fake_logits = _fake_logits(nets, p, _udis_fake(p, x_u, x_hat.detach()), x_tilde.detach())
         rater = rater + p.w_gan * L.generator_gan_loss(fake_logits, saturating=saturating,
                                                        fake_weights=_branch_weights(p, s, detach=False))
     apply_update(rater, groups["rater"], opts["rater"])
@@ -304,6 +398,7 @@ def train_daal(x_labeled: np.ndarray, x_unlabeled: np.ndarray, p: DAALParams, *,
         start_epoch = int(state["epoch"])
         logger.info("DAAL: resumed from %s at epoch %d", checkpoint, start_epoch)
     rng = np.random.default_rng(seed + 7919 * rank + start_epoch)
+    last_save = time.monotonic()
     nets.train()
     for epoch in range(start_epoch, p.epochs):
         order = rng.permutation(xu.shape[0])
@@ -316,10 +411,12 @@ def train_daal(x_labeled: np.ndarray, x_unlabeled: np.ndarray, p: DAALParams, *,
         mean = StepLosses(*[float(np.mean([getattr(s, f) for s in epoch_losses])) for f in StepLosses.__dataclass_fields__])
         history.append(mean)
         if log_every and (epoch + 1) % log_every == 0 and rank == 0:
-            logger.info("DAAL epoch %d/%d: %s", epoch + 1, p.epochs, mean)
-        if checkpoint is not None and rank == 0:
+            logger.debug("DAAL epoch %d/%d: %s", epoch + 1, p.epochs, mean)
+        due = time.monotonic() - last_save >= p.checkpoint_every_s or epoch + 1 == p.epochs
+        if checkpoint is not None and rank == 0 and due:
             save_state(checkpoint, {"nets": nets.state_dict(), "opts": {k: o.state_dict() for k, o in opts.items()},
                                "epoch": epoch + 1})
+            last_save = time.monotonic()
     nets.eval()
     return nets, history
 
