@@ -1,7 +1,8 @@
 """GPU check: one short script (under 8 minutes on one GPU) for the paths a GPU changes.
 
 Each figure is measured side by side with the same code on the CPU where that makes sense
-(the CPU side is sized down so the script stays short; its figures are per-second rates):
+(the CPU side is sized down so the script stays short, one torch thread in every setting;
+its figures are per-second rates):
 
 1. WRN-28-2 training, images/s, CIFAR-shaped synthetic batches: a plain PyTorch loop on the
    device, and the same loop through a one-worker Ray Train group (``use_gpu=True``: NCCL;
@@ -77,6 +78,7 @@ def _ray_train_loop(config: dict) -> None:
     import ray.train.torch
 
     device = ray.train.torch.get_device()
+    torch.set_num_threads(config["threads"])
     model = ray.train.torch.prepare_model(build_model("wrn28_2", num_classes=10, in_channels=3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(config["batch"], 3, 32, 32, device=device)
@@ -102,7 +104,8 @@ def train_through_ray(use_gpu: bool, batch: int, steps: int, storage: Path) -> f
     storage.mkdir(parents=True, exist_ok=True)
     out = storage / "rate.json"
     trainer = TorchTrainer(
-        _ray_train_loop, train_loop_config={"batch": batch, "steps": steps, "out": str(out)},
+        _ray_train_loop, train_loop_config={"batch": batch, "steps": steps, "out": str(out),
+                                           "threads": torch.get_num_threads()},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(name=f"gpu-check-{'gpu' if use_gpu else 'cpu'}", storage_path=str(storage)),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
@@ -227,6 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         for device in devices:
             gpu = device.type == "cuda"
+            torch.set_num_threads(1)  # the CPU side: one thread in every setting (Ray's workers get one)
             row: dict = {}
             batch, steps = (128, 50) if gpu else (32, 3)
             row["wrn_train_plain_images_per_s"] = _train_steps(device, batch, steps)

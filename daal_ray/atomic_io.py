@@ -87,3 +87,15 @@ def atomic_write_table(table: pa.Table, path: str | Path, keep_previous: bool = 
         pq.write_table(table, fh)
     return Path(path)
 
+
+def read_table_once(path: str | Path) -> pa.Table:
+    """The parquet table at ``path``, read through ONE open handle.
+
+    A writer replaces the file by renaming a new one over it (:func:`atomic_write`); a
+    handle keeps reading the file it opened, so the table comes from one generation. Reading
+    by path (``pq.read_table(path)``) may open it more than once (the footer, then the row
+    groups) and mix two generations: ``OSError: Unexpected end of stream``.
+    """
+    with open(path, "rb") as fh:
+        return pq.read_table(fh)
+

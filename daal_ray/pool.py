@@ -32,9 +32,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from daal_ray.atomic_io import atomic_write_table
+from daal_ray.atomic_io import atomic_write_table, read_table_once
 from daal_ray.errors import PoolStateError
 
 # The pool state's file name in a run (or labeling project) directory.
@@ -321,7 +320,7 @@ class PoolState:
         """
         path = Path(path)
         try:
-            table = pq.read_table(path)
+            table = read_table_once(path)
         except FileNotFoundError:
             raise
         except Exception as exc:  # pyarrow raises several types for torn files

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from daal_ray.atomic_io import atomic_write_table
+from daal_ray.atomic_io import atomic_write_table, read_table_once
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def read_results(path: str | Path) -> pa.Table:
         p = p / RESULTS_FILE
     if not p.exists():
         return SCHEMA.empty_table()
-    return conform(pq.read_table(p))
+    return conform(read_table_once(p))
 
 
 def upsert_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> pa.Table:

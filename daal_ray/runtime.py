@@ -131,7 +131,9 @@ def setup_logging(level: int = logging.INFO, verbose: bool = False) -> None:
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console.addFilter(_ConsoleFilter(verbose))
     root.addHandler(console)
-    root.setLevel(logging.DEBUG)
+    # Other libraries from INFO up; daal-ray's own debug records (DAAL's losses) are made
+    # too, for the run's log file (a record's level is checked at the logger it comes from).
+    root.setLevel(logging.INFO)
     # Ray's loggers print to stderr through their own handler; sent to the root instead,
     # they reach the console only as errors (or with ``verbose``) and the run's log file always.
     ray_logger = logging.getLogger("ray")

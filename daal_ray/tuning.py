@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -240,6 +241,7 @@ def _trial_name(trial: Any) -> str:
 def _tune(configs: Sequence[ExperimentConfig], run_root: Path, sweep_name: str,
           concurrency: int) -> list[BaseException]:
     """Run each config as one Tune trial; return the trials' errors (unwrapped)."""
+    _quiet_tune_output()
     tuner = ray.tune.Tuner(
         # A trial only waits on its TorchTrainer, which reserves the real resources itself.
         ray.tune.with_resources(_trial, {"cpu": 0.01}),
@@ -250,6 +252,13 @@ def _tune(configs: Sequence[ExperimentConfig], run_root: Path, sweep_name: str,
     )
     grid = tuner.fit()
     return [find_error(r.error) for r in grid if r.error is not None]
+
+
+def _quiet_tune_output() -> None:
+    """Tune's console output off: its new output engine prints a configuration table
+    whatever the verbosity; the legacy one at ``verbose=0`` prints nothing. The job's own
+    progress lines say what the trials do."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",

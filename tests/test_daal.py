@@ -368,7 +368,7 @@ def test_daal_ranks_dense_far_samples_above_near_duplicates_and_outliers(ray_ses
     strategy = DAALStrategy(DAALParams(epochs=EPOCHS), seed=SEED, cycle=0)
     strategy.feature_dim = table["features"].shape[1]
     strategy.score_state = {k[len("score."):]: v for k, v in state["nets"].items() if k.startswith("score.")}
-    net = ScoreNet(strategy.feature_dim)
+    net = ScoreNet(strategy.feature_dim, dropout=strategy.params.dropout)
     net.load_state_dict(strategy.score_state)  # the checkpoint holds the whole ScoreNet
 
     # Score the pool through Ray Data in many blocks; the exact top-K picks from it.

@@ -323,8 +323,9 @@ def test_partial_import_leaves_the_rest_pending_and_importing_twice_changes_noth
     project, batch = cold_project
     rows = _batch_rows(project, 0)
     part = _write_labels(tmp_path / "part.csv", [(r["sample_id"], _truth(r["path"])) for r in rows[:4]])
-    with pytest.raises(ProblemsError, match="2 of 6 pending id"):
+    with pytest.raises(ProblemsError, match="2 of 6 pending id") as ei:
         import_labels(project, part)
+    assert len(ei.value.problems) == 2 and ": 2 problem(s)," in str(ei.value)  # the advice is not counted
     first = import_labels(project, part, partial=True)
     assert (first.committed, first.still_pending, first.cycle_complete) == (4, 2, False)
     state = _state(project)

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from daal_ray.atomic_io import atomic_write_table
 from daal_ray.report import aulc, aulc_summary, curve_summary, format_table, plot_learning_curves
 from daal_ray.results import SCHEMA, read_results, upsert_rows
 
@@ -180,3 +181,45 @@ def test_file_written_before_the_redundancy_columns_still_reads(tmp_path):
     # and a new row goes in beside them
     upsert_rows(tmp_path / "results.parquet", [_row("a", 2, 0.7, batch_cosine=0.25)])
     assert read_results(tmp_path)["batch_cosine"].to_pylist()[2] == 0.25
+
+
+# --------------------------------------------------------------------------- torn reads
+def test_a_reader_never_sees_a_torn_or_mixed_generation_while_the_file_is_replaced(tmp_path):
+    """One thread replaces results.parquet a thousand times (each generation g holds g % 7 + 1
+    rows, every value g); another reads it all the while. Every read is one whole generation."""
+    import threading
+
+    path = tmp_path / "results.parquet"
+    upsert_rows(path, [_row("a", 0, 0.0)])
+    done = threading.Event()
+    errors, reads = [], []
+
+    def write() -> None:
+        try:
+            for g in range(1, 1001):
+                table = _table([_row("a", c, float(g)) for c in range(g % 7 + 1)])
+                atomic_write_table(table, path)
+        finally:
+            done.set()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                rows = read_results(path).to_pylist()
+            except Exception as exc:  # a torn read
+                errors.append(repr(exc))
+                continue
+            values = {r["value"] for r in rows}
+            reads.append((len(rows), values))
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(reads) > 50, "the reader ran alongside the writer"
+    for n, values in reads:
+        assert len(values) == 1, f"a read mixed generations: {values}"
+        g = int(values.pop())
+        assert g == 0 and n == 1 or n == g % 7 + 1

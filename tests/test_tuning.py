@@ -192,10 +192,11 @@ def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
         line for line in out.splitlines() if "daal_ray" in line]
     for name in finished:  # not redone: the results file is byte for byte what it was
         assert (run_dir / name / RESULTS_FILE).read_bytes() == finished[name]
-        assert f"progress: {name} cycle" not in out
-    # live progress of the trials that ran: one line per recorded cycle
+        assert f"{name}  cycle" not in out
+    # live progress of the trials that ran: one line per recorded cycle, and no Tune tables
     for name in set(names) - set(finished):
-        assert f"progress: {name} cycle 1: 144 labeled (10.0%), accuracy" in out, out[-4000:]
+        assert f"{name}  cycle 1/1  144 labeled (10.0%)  accuracy" in out, out[-4000:]
+    assert "Configuration for experiment" not in out and "Trial status" not in out
 
     table = read_results(run_dir)
     keys = sorted(zip(table["strategy"].to_pylist(), table["seed"].to_pylist(), table["cycle"].to_pylist()))

@@ -31,11 +31,10 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.train
 import torch
 
-from daal_ray.atomic_io import atomic_write_bytes, atomic_write_table
+from daal_ray.atomic_io import atomic_write_bytes, atomic_write_table, read_table_once
 from daal_ray.config import ExperimentConfig
 from daal_ray.cycle import initial_pool, select_batch, train_cycle_model
 from daal_ray.data import open_dataset
@@ -75,7 +74,7 @@ def write_scores(path: Path, ids: np.ndarray, scores: np.ndarray, strategy: str,
 
 
 def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    table = pq.read_table(path)
+    table = read_table_once(path)
     meta = json.loads((table.schema.metadata or {}).get(_SCORES_META, b"{}"))
     return table["sample_id"].to_numpy().astype(np.int64), table["score"].to_numpy().astype(np.float64), meta
 

@@ -198,13 +198,14 @@ def import_labels(project_dir: str | Path, file: str | Path, *, partial: bool = 
                 new_labels.append(index[e.label])
         pending = state.pending_ids()
         missing = np.setdiff1d(pending, np.asarray(new_ids, dtype=np.int64))
+        advice = ""
         if new_ids and missing.size and not partial:
             problems.extend(f"sample_id {sid}: pending in batch {cycle} but not labeled by the file"
                             for sid in missing.tolist())
-            problems.append(f"{missing.size} of {pending.size} pending id(s) have no label; label them, or commit "
-                            f"the labeled part with --partial")
+            advice = (f"{missing.size} of {pending.size} pending id(s) have no label; label them, or commit "
+                      f"the labeled part with --partial")
         if problems:
-            raise ProblemsError(f"labels {file}", problems)
+            raise ProblemsError(f"labels {file}", problems, advice)
         summary = ImportSummary(cycle=cycle, already=already, still_pending=int(pending.size))
         if not new_ids:
             logger.info("import %s: nothing new (%d label(s) imported already)", file, already)

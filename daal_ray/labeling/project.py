@@ -64,14 +64,17 @@ class LabelingError(DaalRayError, ValueError):
 
 
 class ProblemsError(DataError):
-    """Bad input with several problems; ``problems`` lists every one, each naming its row or id."""
+    """Bad input with several problems; ``problems`` lists every one, each naming its row or id,
+    and ``advice`` (not counted as one) says what to do about them."""
 
-    def __init__(self, what: str, problems: Sequence[str]) -> None:
+    def __init__(self, what: str, problems: Sequence[str], advice: str = "") -> None:
         self.problems = list(problems)
+        self.advice = advice
         shown = self.problems[:_MAX_LISTED]
         more = len(self.problems) - len(shown)
         text = "\n  ".join(shown) + (f"\n  ... and {more} more" if more else "")
-        super().__init__(f"{what}: {len(self.problems)} problem(s), nothing was written:\n  {text}")
+        super().__init__(f"{what}: {len(self.problems)} problem(s), nothing was written:\n  {text}"
+                         + (f"\n{advice}" if advice else ""))
 
 
 @dataclass(frozen=True)
