@@ -333,7 +333,7 @@ def test_the_resume_point_is_written_on_the_interval_and_after_the_last_epoch(tm
 
 
 # ------------------------------------------------------------------ through Ray (known answer)
-EPOCHS = 150
+EPOCHS = 60  # ~360 steps of the 2-rank fit: what the known answer needs with the current defaults
 SEED = 2  # a seed on which Alg. 1 as printed ranks the near-duplicates first (BENCHMARKS.md)
 
 

@@ -94,7 +94,7 @@ class DAALParams(Config):
         updates: ``simultaneous`` (default): the three updates of a batch take their
             gradients from one forward pass at the batch's starting weights, then step;
             ``sequential``: each update recomputes the forward pass after the previous one
-            stepped (Alg. 1 read literally). Same selection quality, 1.8x fewer
+            stepped (Alg. 1 read literally). Same selection quality, 1.5x fewer
             milliseconds per step (BENCHMARKS.md).
         dpp_jitter: added to the DPP subset kernel's diagonal.
         dpp_per_item: divide the DPP loss by the subset size ``sigma * n``. Eq. 7's log-ratio
