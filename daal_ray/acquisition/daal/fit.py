@@ -230,17 +230,6 @@ def _branch_weights(p: DAALParams, s: torch.Tensor, detach: bool) -> Optional[li
     return ([1.0 - s] if p.use_udis else []) + ([s] if p.use_rdis else [])
 
 
-def _fake_logits(nets: DAALNets, p: DAALParams, x_hat, x_tilde) -> list[torch.Tensor]:
-    """The enabled discriminators' logits on the reconstructions only (uDis on ``x_hat``,
-    rDis on ``x_tilde``), for the rater's weighted term, which reads nothing else."""
-    return ([nets.udis(x_hat)[0]] if p.use_udis else []) + ([nets.rdis(x_tilde)[0]] if p.use_rdis else [])
-
-
-def _udis_fake(p: DAALParams, x_u: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """What uDis judges as fake: the unlabeled features or their uncertainty reconstruction."""
-    return x_u if p.udis_fake == "features" else x_hat
-
-
 def _adversarial_terms(nets: DAALNets, p: DAALParams, x_l, x_u, x_hat, x_tilde):
     """Discriminator outputs on (real, fake) per enabled branch, and hidden activations.
     Each discriminator sees its inputs as one batch."""
@@ -273,6 +262,27 @@ def _recon(p: DAALParams, real_hidden, fake_hidden, x_u, x_hat, x_tilde) -> torc
     return loss
 
 
+def _rater_loss(p: DAALParams, recon: torch.Tensor, s: torch.Tensor, moments, x_u: torch.Tensor):
+    """Update 1's non-adversarial loss, L_recon + L_prior + L_sparsity, with its parts
+    ``(loss, prior, length, dpp)``."""
+    mu_h, lv_h, mu_t, lv_t = moments
+    prior = L.prior_loss(mu_h, lv_h) + L.prior_loss(mu_t, lv_t)
+    length = L.length_loss(s, p.sigma) if p.use_length_loss else s.new_zeros(())
+    dpp = L.dpp_loss(s, x_u, p.sigma, p.dpp_jitter) if p.use_dpp_loss else s.new_zeros(())
+    if p.dpp_per_item:
+        dpp = dpp / L.subset_size(s.shape[0], p.sigma)
+    return p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp, prior, length, dpp
+
+
+def _judged(p: DAALParams, fake_logits: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The fake logits as the rater's adversarial term reads them. Weighted, the rater plays
+    through its weights only: the discriminators judge the reconstructions as they stand
+    (constants), and the scores move weight onto the samples that fool each one. Letting
+    this term into the encoder too would let it fool uDis by mapping every sample onto the
+    labeled set, which erases the signal."""
+    return [f.detach() for f in fake_logits] if p.weighted_gan else fake_logits
+
+
 def _step_grads(loss: torch.Tensor, params: list[nn.Parameter], retain: bool) -> None:
     """Set ``params``' gradients to those of ``loss`` (zeros where it does not reach)."""
     grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
@@ -288,20 +298,12 @@ def _simultaneous_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p
     updates)."""
     groups = nets.groups()
     saturating = p.gan_form == "saturating"
-    s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde = _rater_forward(nets, x_u)
+    s, moments, x_hat, x_tilde = _rater_forward(nets, x_u)
     real_logits, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
     recon = _recon(p, rh, fh, x_u, x_hat, x_tilde)
-    prior = L.prior_loss(mu_h, lv_h) + L.prior_loss(mu_t, lv_t)
-    length = L.length_loss(s, p.sigma) if p.use_length_loss else s.new_zeros(())
-    dpp = L.dpp_loss(s, x_u, p.sigma, p.dpp_jitter) if p.use_dpp_loss else s.new_zeros(())
-    if p.dpp_per_item:
-        dpp = dpp / L.subset_size(s.shape[0], p.sigma)
-    rater = p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp
+    rater, prior, length, dpp = _rater_loss(p, recon, s, moments, x_u)
     if p.rater_adversarial:
-        # Weighted, the rater plays through its weights only (see daal_step): the
-        # discriminators' judgements enter as constants.
-        judged = [f.detach() for f in fake_logits] if p.weighted_gan else fake_logits
-        rater = rater + p.w_gan * L.generator_gan_loss(judged, saturating=saturating,
+        rater = rater + p.w_gan * L.generator_gan_loss(_judged(p, fake_logits), saturating=saturating,
                                                        fake_weights=_branch_weights(p, s, detach=False))
     decoder = p.w_recon * recon + p.w_gan * L.generator_gan_loss(
         fake_logits, saturating=saturating, fake_weights=_branch_weights(p, s, detach=True))
@@ -325,23 +327,12 @@ def daal_step(nets: DAALNets, opts: dict[str, torch.optim.Optimizer], p: DAALPar
     saturating = p.gan_form == "saturating"
 
     # 1. {ScoreNet, encoder} <- L_recon + L_prior + L_sparsity
-    s, (mu_h, lv_h, mu_t, lv_t), x_hat, x_tilde = _rater_forward(nets, x_u)
+    s, moments, x_hat, x_tilde = _rater_forward(nets, x_u)
     _, fake_logits, rh, fh = _adversarial_terms(nets, p, x_l, x_u, x_hat, x_tilde)
     recon = _recon(p, rh, fh, x_u, x_hat, x_tilde)
-    prior = L.prior_loss(mu_h, lv_h) + L.prior_loss(mu_t, lv_t)
-    length = L.length_loss(s, p.sigma) if p.use_length_loss else s.new_zeros(())
-    dpp = L.dpp_loss(s, x_u, p.sigma, p.dpp_jitter) if p.use_dpp_loss else s.new_zeros(())
-    if p.dpp_per_item:
-        dpp = dpp / L.subset_size(s.shape[0], p.sigma)
-    rater = p.w_recon * recon + p.w_prior * prior + p.w_length * length + p.w_dpp * dpp
+    rater, prior, length, dpp = _rater_loss(p, recon, s, moments, x_u)
     if p.rater_adversarial:
-        if p.weighted_gan:
-            # The rater plays through its weights: the discriminators judge the reconstructions
-            # as they stand, and the scores move weight onto the samples whose reconstruction
-            # fools each one. Letting this term into the encoder too would let it fool uDis by
-            # mapping every sample onto the labeled set, which erases the signal.
-            fake_logits = _fake_logits(nets, p, _udis_fake(p, x_u, x_hat.detach()), x_tilde.detach())
-        rater = rater + p.w_gan * L.generator_gan_loss(fake_logits, saturating=saturating,
+        rater = rater + p.w_gan * L.generator_gan_loss(_judged(p, fake_logits), saturating=saturating,
                                                        fake_weights=_branch_weights(p, s, detach=False))
     apply_update(rater, groups["rater"], opts["rater"])
 
