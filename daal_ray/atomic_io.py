@@ -9,6 +9,7 @@ crash at any point leaves at most a stray ``.NAME.tmp-PID`` file, which is ignor
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +18,31 @@ from typing import BinaryIO, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_table", "atomic_write_text", "fsync_dir"]
+from daal_ray.errors import StorageError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_table", "atomic_write_text", "fsync_dir",
+           "storage_error"]
+
+# What a full, read-only or forbidding file system says; each is fixed outside the program.
+_STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "permission denied"}
+_STORAGE_TEXTS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                  "Read-only file system": errno.EROFS}
+
+
+def storage_error(exc: BaseException, path: Path) -> StorageError | None:
+    """A :class:`StorageError` naming ``path`` for an ``OSError`` a full, read-only or
+    forbidding file system raised (also through pyarrow, which keeps only the text), else None."""
+    if not isinstance(exc, OSError) or isinstance(exc, StorageError):
+        return None
+    code = exc.errno if exc.errno in _STORAGE_ERRNOS else next(
+        (c for text, c in _STORAGE_TEXTS.items() if text in str(exc)), None)
+    if code is None:
+        return None
+    return StorageError(code, f"cannot write {path}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}); the file it "
+                              f"replaces is unchanged. Free space or make {path.parent} writable, then re-run the "
+                              f"same command: it resumes from the last committed state")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -42,14 +67,15 @@ def _tmp_path(path: Path, suffix: str = "") -> Path:
 def atomic_write(path: str | Path, keep_previous: bool = False) -> Iterator[BinaryIO]:
     """Open a binary handle whose content replaces ``path`` atomically when the block ends.
 
-    Nothing replaces ``path`` if the block raises. With ``keep_previous`` the file being
+    Nothing replaces ``path`` if the block raises. A full, read-only or forbidding file
+    system raises :class:`~daal_ray.errors.StorageError` naming ``path``. With ``keep_previous`` the file being
     replaced is kept as ``NAME.prev`` (a hard link where the file system has them), so a
     reader can fall back one generation.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             yield fh
             fh.flush()
@@ -63,9 +89,15 @@ def atomic_write(path: str | Path, keep_previous: bool = False) -> Iterator[Bina
                 shutil.copy2(path, prev_tmp)
             os.replace(prev_tmp, prev)
         os.replace(tmp, path)
+    except OSError as exc:
+        mapped = storage_error(exc, path)
+        if mapped is None:
+            raise
+        raise mapped from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):  # a read-only file system keeps even the stray
+            if tmp.exists():
+                tmp.unlink()
     fsync_dir(path.parent)
 
 

@@ -103,6 +103,7 @@ def _experiment_loop(loop_config: dict[str, Any]) -> None:
 
     if rank == 0:
         snap = ray.get(driver.snapshot.remote())
+        logger.info("%s: a worker group of %d started at cycle %d", cfg.name, size, snap["next_cycle"])
         if snap["next_cycle"] == 0:
             ids = ray.get(driver.propose.remote(0, initial_pool(pool_ids, n_initial, cfg.seed), n_initial))
             ray.get(driver.commit.remote(0, ids, oracle_labels(dataset, ids), "initial"))

@@ -80,6 +80,10 @@ class PoolKeeper:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> Optional[str]:
+        """The Ray node this keeper runs on (None outside Ray): where an ALDriver restarted."""
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
 
 ALDriver = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PoolKeeper)
 

@@ -33,6 +33,11 @@ class RunLockedError(DaalRayError):
     """Another live process holds the run directory."""
 
 
+class StorageError(DaalRayError, OSError):
+    """A file could not be written: its file system is full, read-only or refuses us. The
+    file being replaced is unchanged, so a re-run after the fix resumes from it."""
+
+
 def find_error(exc: BaseException) -> BaseException:
     """The :class:`DaalRayError` inside ``exc``'s wrappers, or ``exc`` itself if there is none.
 

@@ -30,12 +30,19 @@ from daal_ray.driver import driver_name, start_driver
 from daal_ray.errors import ConfigError, find_error
 from daal_ray.results import read_results
 from daal_ray.rundir import hold_run_dir, prepare_run_dir, run_id_of
+from daal_ray.runtime import check_reachable_everywhere, fit_concurrency
 
 __all__ = ["run_experiment", "run_experiment_group", "run_on_worker_group"]
 
 
 def run_on_worker_group(loop: Any, loop_config: dict[str, Any], scale: Any, storage: Path) -> None:
-    """Run ``loop`` on a Ray Train worker group sized by ``scale``; return when it is done."""
+    """Run ``loop`` on a Ray Train worker group sized by ``scale``; return when it is done.
+
+    Raises:
+        ConfigError: the Ray cluster this process started cannot hold the group and the
+            pool scoring its loop starts (it would wait forever).
+    """
+    fit_concurrency(scale, 1, what=f"the worker group of {storage.name}")
     resources = {"CPU": scale.cpus_per_worker}
     if scale.use_gpu:
         resources["GPU"] = scale.gpus_per_worker
@@ -43,7 +50,8 @@ def run_on_worker_group(loop: Any, loop_config: dict[str, Any], scale: Any, stor
         loop,
         train_loop_config={**loop_config, "submitted_at": time.time()},
         scaling_config=ray.train.ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=scale.placement_strategy),
         run_config=ray.train.RunConfig(name=storage.name, storage_path=str(storage.parent),
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
         torch_config=TorchConfig(backend="nccl" if scale.use_gpu else "gloo", timeout_s=3600),
@@ -68,6 +76,7 @@ def _open_experiment(cfg: ExperimentConfig, run_root: str | Path, stack: context
     cfg.schedule(len(pool_ids))  # fails fast on a budget larger than the pool
     run_dir.mkdir(parents=True, exist_ok=True)
     stack.enter_context(hold_run_dir(run_dir))
+    check_reachable_everywhere(run_dir)
     prepare_run_dir(run_dir, cfg)
     handle = start_driver(run_dir, run_id_of(cfg), pool_ids)
     stack.callback(lambda: handle)  # keeps the handle referenced until the stack closes

@@ -3,7 +3,7 @@
 A job submitted with ``ray job submit`` connects to its cluster (``RAY_ADDRESS``). Run
 directly, it starts a local instance with more logical CPUs than cores, because one
 experiment nests Tune, Train and Data, each reserving CPUs while much of their time is
-spent waiting; the dashboard stays on 127.0.0.1.
+spent waiting; every port of that instance listens on 127.0.0.1 only.
 
 The rank and world helpers (:func:`world`, :func:`barrier`, :func:`share_from_rank_zero`,
 :func:`allreduce_grads`, :func:`apply_update`) work inside a Ray Train worker group and in
@@ -13,13 +13,15 @@ a plain process alike (rank 0 of 1), which is how the unit tests call the traini
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import ray
@@ -28,7 +30,12 @@ import ray.train.collective
 import ray.util
 import torch
 import torch.distributed as dist
+from ray._private import ray_constants
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
+
+from daal_ray.errors import ConfigError
+from daal_ray.settings import ScaleConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +58,18 @@ def _free_port() -> int:
 def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, log_to_driver: bool = True) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a local instance.
 
-    A local instance runs Ray's dashboard on 127.0.0.1 unless the environment variable
-    ``DAAL_RAY_DASHBOARD`` is ``0`` (its dozen processes cost start-up time and CPU on
-    small machines; the test suite turns it off). With the dashboard, the GCS port is chosen
-    here, so every process of the instance is started with ``RAY_ADDRESS`` naming it: Ray's
-    own helpers that look a cluster up through the state API (Ray Train's placement-group
-    cleaner) then find this one, not another job's instance on the same machine. Without
-    the dashboard there is no state API, and the variable is left unset (set, the cleaner
-    reads "not found" as "controller gone" and exits at once).
+    A local instance is this machine's alone: its node address is 127.0.0.1, so every
+    server it starts (GCS, raylet, object manager, workers, agents, metrics, dashboard)
+    listens on loopback only (see :func:`_loopback_node`).
+
+    It runs Ray's dashboard unless the environment variable ``DAAL_RAY_DASHBOARD`` is
+    ``0`` (its dozen processes cost start-up time and CPU on small machines; the test
+    suite turns it off). With the dashboard, the GCS port is chosen here, so every process
+    of the instance is started with ``RAY_ADDRESS`` naming it: Ray's own helpers that look
+    a cluster up through the state API (Ray Train's placement-group cleaner) then find this
+    one, not another job's instance on the same machine. Without the dashboard there is no
+    state API, and the variable is left unset (set, the cleaner reads "not found" as
+    "controller gone" and exits at once).
 
     Args:
         log_to_driver: forward the workers' stdout and stderr to this process (off: they
@@ -68,25 +79,170 @@ def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, l
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+        # An instance of this machine alone (started here, below) is joined at loopback only
+        # with the same setting: otherwise Ray announces this process at the network address
+        # and the connection never completes.
+        host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+        with _loopback_node() if host in ("127.0.0.1", "localhost", "::1") else contextlib.nullcontext():
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
         return
     dashboard = os.environ.get(DASHBOARD_ENV, "1").strip() not in ("0", "false", "no")
-    if not dashboard:  # no state API to look anything up with: nothing to point at
-        ray.init(num_cpus=num_cpus or default_num_cpus(), include_dashboard=False, dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=log_to_driver)
-        return
-    port = _free_port()
-    previous = os.environ.get(GCS_PORT_ENV)
-    os.environ[GCS_PORT_ENV] = str(port)
+    options: dict[str, Any] = dict(num_cpus=num_cpus or default_num_cpus(), include_dashboard=dashboard,
+                                   dashboard_host="127.0.0.1", logging_level=logging.WARNING,
+                                   log_to_driver=log_to_driver)
+    with _loopback_node():
+        if not dashboard:  # no state API to look anything up with: nothing to point at
+            ray.init(**options)
+            return
+        port = _free_port()
+        previous = os.environ.get(GCS_PORT_ENV)
+        os.environ[GCS_PORT_ENV] = str(port)
+        try:
+            ray.init(**options, runtime_env={"env_vars": {"RAY_ADDRESS": f"{LOOPBACK}:{port}"}})
+        finally:
+            if previous is None:
+                os.environ.pop(GCS_PORT_ENV, None)
+            else:
+                os.environ[GCS_PORT_ENV] = previous
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While a local instance starts, this machine's node address is 127.0.0.1.
+
+    Ray binds each server to the node's address, and binds loopback only when that address
+    is loopback; but on Linux it replaces 127.0.0.1 with the machine's network address,
+    even when given explicitly (``_node_ip_address``), unless multi-node clusters are off
+    for the process, as they are on macOS and Windows (``ray_constants.ENABLE_RAY_CLUSTER``,
+    set by ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``). The flag is switched for the start only,
+    and in this process only: a later ``ray start --address`` or a connection to another
+    cluster from here or from a child process still sees the machine's network address.
+    """
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(num_cpus=num_cpus or default_num_cpus(), include_dashboard=True, dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=log_to_driver,
-                 runtime_env={"env_vars": {"RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}})
+        yield
     finally:
-        if previous is None:
-            os.environ.pop(GCS_PORT_ENV, None)
-        else:
-            os.environ[GCS_PORT_ENV] = previous
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
+def experiment_demand(scale: ScaleConfig) -> dict[str, float]:
+    """The most CPUs (and GPUs) one experiment holds at once.
+
+    Its Train workers hold theirs for the whole cycle, and rank 0 starts the pool's Ray
+    Data inference and scoring while they do: the inference actors (or a task) and a
+    scoring task downstream of them, streaming, must find room besides the workers, or the
+    cycle waits forever (with a large pool the actors wait on the scoring's backpressure).
+    """
+    c = scale.cpus_per_inference_actor
+    actors = scale.inference_actors if scale.inference_compute == "actors" else 1
+    need = {"CPU": scale.num_workers * scale.cpus_per_worker + actors * c + (c or 1)}
+    if scale.use_gpu:
+        need["GPU"] = scale.num_workers * scale.gpus_per_worker + actors * scale.gpus_per_inference_actor
+    return need
+
+
+def _cluster_is_local() -> bool:
+    """Whether this process started the Ray instance (``ray.init`` without an address):
+    nothing will add nodes to it."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "ray_init_cluster", False))
+
+
+def fit_concurrency(scale: ScaleConfig, requested: int = 0, what: str = "the run", extra_cpu: float = 0.0) -> int:
+    """How many experiments with ``scale`` run at once on this Ray cluster without
+    starving each other: ``requested`` (0 = as many as fit) checked against the cluster.
+
+    A set of experiments that all hold their Train workers while each waits for CPUs to
+    score its pool never finishes; so ``0`` becomes the number that fits, and a request
+    the cluster cannot hold is refused naming the fix (on a cluster this process started;
+    on one it joined, an autoscaler may still add nodes, so it is a warning there).
+    ``extra_cpu`` is what each experiment holds besides (its Tune trial).
+
+    Raises:
+        ConfigError: not even one experiment fits, or ``requested`` exceed what fits, on a
+            local instance.
+    """
+    if not ray.is_initialized():
+        return requested
+    need = experiment_demand(scale)
+    need["CPU"] += extra_cpu
+    have = ray.cluster_resources()
+    fits = min(int(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+    if fits >= max(1, requested):
+        return requested or fits
+    n = max(1, requested)
+    parts = [f"{scale.num_workers} Train worker(s) x {scale.cpus_per_worker:g} CPU"]
+    parts.append(f"{need['CPU'] - extra_cpu - scale.num_workers * scale.cpus_per_worker:g} CPU for the pool's Ray Data "
+                 f"inference and scoring, which the workers wait for")
+    if "GPU" in need:
+        parts.append(f"{need['GPU']:g} GPU")
+    total = ", ".join(f"{v * n:g} {k}" for k, v in need.items())
+    cluster = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in need)
+    fix = (f"start Ray with more logical CPUs (--num-cpus {int(need['CPU'] * n + 0.999)} or more; they may exceed "
+           f"the cores) or use fewer --num-workers / --inference-actors")
+    if n > 1 and fits >= 1:
+        fix = f"run at most {fits} at once (--concurrency {fits}), or {fix}"
+    if "GPU" in need and have.get("GPU", 0.0) < need["GPU"]:
+        fix = f"run where GPUs are (the cluster has {have.get('GPU', 0.0):g}), or drop --use-gpu"
+    message = (f"{what} needs {total} at once ({n} experiment(s), each: {'; '.join(parts)}), but the Ray cluster has "
+               f"{cluster}; it would wait forever: {fix}")
+    if _cluster_is_local():
+        raise ConfigError(message)
+    logger.warning("%s, unless an autoscaler adds nodes", message)
+    return requested or 1
+
+
+@ray.remote(num_cpus=0)
+def _sees(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def check_reachable_everywhere(directory: Path, what: str = "the run directory", timeout_s: float = 60.0) -> int:
+    """On a Ray cluster of several nodes, check that every alive node sees ``directory``.
+
+    The ALDriver may restart on any node, Train workers and Tune trials run on any, and all
+    of them read and write the run directory (pool state, checkpoints, results, Ray Train's
+    storage): on node-local storage a lost node takes the run's state with it, and a
+    restarted actor starts from nothing. A marker file written here is read back by one task
+    pinned to each node. Returns the number of nodes checked (0 on one node).
+
+    Raises:
+        ConfigError: a node does not see it, naming the node and the fix.
+    """
+    if not ray.is_initialized():
+        return 0
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return 0
+    token = secrets.token_hex(8)
+    marker = Path(directory) / f".reachable-{token}"
+    marker.write_text(token)
+    try:
+        refs = {n["NodeManagerAddress"] + " (" + n["NodeID"][:8] + ")": _sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker), token)
+            for n in nodes}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        answered = {name: ray.get(ref) for name, ref in refs.items() if ref in ready}
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = sorted(name for name, seen in answered.items() if not seen)
+    if blind:
+        raise ConfigError(f"{what} {directory} is not on storage every node of the Ray cluster reaches: node(s) "
+                          f"{', '.join(blind)} do not see it. The ALDriver, Train workers and Tune trials run on any "
+                          f"node and read and write there; put it on shared storage every node mounts at the same "
+                          f"path (NFS, a mounted bucket), e.g. --run-dir /mnt/shared/runs")
+    silent = sorted(set(refs) - set(answered))
+    if silent:
+        logger.warning("%s %s: node(s) %s did not answer the storage check within %.0f s", what, directory,
+                       ", ".join(silent), timeout_s)
+    return len(answered)
 
 
 def ray_logs_dir() -> Optional[Path]:

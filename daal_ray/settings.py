@@ -240,6 +240,10 @@ class ScaleConfig(Config):
         cpus_per_inference_actor: logical CPUs each inference actor reserves.
         gpus_per_inference_actor: GPUs each inference actor reserves (fractions share a GPU).
         trial_concurrency: experiments run at once by sweeps and the main jobs (0 = no limit).
+        placement_strategy: how Ray places one experiment's Train workers: ``PACK`` (as few
+            nodes as possible: the fastest all-reduce), ``SPREAD`` (across nodes, so losing
+            one node loses fewer workers), or their ``STRICT_`` forms, which wait until the
+            cluster can place them so.
     """
 
     num_workers: int = 2
@@ -253,6 +257,7 @@ class ScaleConfig(Config):
     cpus_per_inference_actor: float = 1.0
     gpus_per_inference_actor: float = 0.0
     trial_concurrency: int = 0
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def validate(self) -> None:
         check(self.num_workers >= 0, f"ScaleConfig.num_workers must be >= 0, got {self.num_workers}")

@@ -31,11 +31,13 @@ from typing import Any, Iterable, Optional, Sequence
 import pyarrow as pa
 import ray.tune
 
+from daal_ray import errors as errors_mod
 from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, ScaleConfig, TrainConfig, resolve_config
 from daal_ray.data import get_dataset_class, open_dataset
-from daal_ray.errors import ConfigError, find_error
+from daal_ray.errors import ConfigError, DaalRayError, find_error
 from daal_ray.experiment import run_experiment, run_experiment_group
-from daal_ray.results import RESULTS_FILE, combine, read_results
+from daal_ray.results import DIAGNOSTIC_COLUMNS, RESULTS_FILE, STEP_COLUMNS, combine, read_results
+from daal_ray.runtime import experiment_demand, fit_concurrency
 
 logger = logging.getLogger(__name__)
 # How often a trial looks for new cycle rows to report (seconds); a cycle takes longer.
@@ -162,10 +164,16 @@ def experiment_complete(cfg: ExperimentConfig, run_root: str | Path) -> bool:
     return bool(final) and sorted(set(cycles)) == list(range(max(final) + 1))
 
 
+# Per-cycle numbers a trial reports besides the metric (what a Tune callback, e.g. the
+# MLflow one of daal_ray.tracking, logs); a diagnostic a strategy does not compute is NaN.
+REPORTED_COLUMNS = ("num_selected", *DIAGNOSTIC_COLUMNS, *STEP_COLUMNS, "startup_s", "cycle_s")
+
+
 def _row_metrics(row: dict[str, Any], cfg: ExperimentConfig, done: bool) -> dict[str, Any]:
+    extra = {c: float(row[c]) for c in REPORTED_COLUMNS if row.get(c) is not None}
     return {"experiment": cfg.name, "cycle": int(row["cycle"]), "labeled_fraction": float(row["labeled_fraction"]),
             "num_labeled": int(row["num_labeled"]), "metric": row["metric"], "value": float(row["value"]),
-            "done": done}
+            **extra, "done": done}
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -199,6 +207,13 @@ def _trial(config: dict[str, Any]) -> None:
             break
         worker.join(POLL_S)
     if "error" in outcome:
+        inner = find_error(outcome["error"])
+        if isinstance(inner, DaalRayError):
+            # Bad config or data fails the same way every time: reported, not raised, so
+            # Tune's retries (for a lost node or process) do not run it again.
+            ray.tune.report({"experiment": cfg.name, "done": False, ERROR_KEY: type(inner).__name__,
+                             ERROR_TEXT_KEY: str(inner)})
+            return
         raise outcome["error"]
     if reported < 0:  # the experiment wrote nothing new (already complete): one final report
         table = outcome["table"]
@@ -214,7 +229,7 @@ def _progress_callback(total: int) -> Any:
             self.total = total
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if "experiment" not in result:
+            if "cycle" not in result:  # not a cycle row (a trial's reported failure)
                 return
             logger.debug("progress: %s cycle %d: %d labeled (%.1f%%), %s %.4f", result["experiment"], result["cycle"],
                         result["num_labeled"], 100 * result["labeled_fraction"], result["metric"], result["value"])
@@ -238,20 +253,46 @@ def _trial_name(trial: Any) -> str:
         return str(trial)
 
 
+TRIAL_CPU = 0.01  # what a trial's own actor holds
+TRIAL_RETRIES = 2  # runs of a trial after a lost process or node
+ERROR_KEY, ERROR_TEXT_KEY = "daal_ray_error", "daal_ray_error_text"  # a trial's deterministic failure
+
+
 def _tune(configs: Sequence[ExperimentConfig], run_root: Path, sweep_name: str,
-          concurrency: int) -> list[BaseException]:
-    """Run each config as one Tune trial; return the trials' errors (unwrapped)."""
+          concurrency: int, callbacks: Sequence[ray.tune.Callback] = ()) -> list[BaseException]:
+    """Run each config as one Tune trial; return the trials' errors (unwrapped).
+
+    ``concurrency`` (0 = as many as fit) is checked against the cluster first: Tune starts
+    every trial its resources allow, and trials whose worker groups hold all the CPUs while
+    each waits for one more to score its pool never finish.
+    """
     _quiet_tune_output()
+    biggest = max(configs, key=lambda c: experiment_demand(c.scale)["CPU"]).scale
+    concurrency = fit_concurrency(biggest, concurrency, what=f"sweep {sweep_name}", extra_cpu=TRIAL_CPU)
     tuner = ray.tune.Tuner(
         # A trial only waits on its TorchTrainer, which reserves the real resources itself.
-        ray.tune.with_resources(_trial, {"cpu": 0.01}),
+        ray.tune.with_resources(_trial, {"cpu": TRIAL_CPU}),
         param_space={"experiment": ray.tune.grid_search([c.to_dict() for c in configs]), "run_root": str(run_root)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency or None),
         run_config=ray.tune.RunConfig(name=sweep_name, storage_path=str(run_root / "tune"), verbose=0,
-                                      callbacks=[_progress_callback(len(configs))]),
+                                      # a trial whose process or node is lost runs again, resuming its
+                                      # experiment from the committed cycles; finished trials are not redone
+                                      failure_config=ray.tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                      callbacks=[_progress_callback(len(configs)), *callbacks]),
     )
     grid = tuner.fit()
-    return [find_error(r.error) for r in grid if r.error is not None]
+    errors: list[BaseException] = []
+    for r in grid:
+        if r.error is not None:
+            errors.append(find_error(r.error))
+        elif (r.metrics or {}).get(ERROR_KEY):
+            cls = getattr(errors_mod, r.metrics[ERROR_KEY], None)
+            cls = cls if isinstance(cls, type) and issubclass(cls, DaalRayError) else DaalRayError
+            try:
+                errors.append(cls(r.metrics[ERROR_TEXT_KEY]))
+            except TypeError:  # an error class with another signature: its text is what matters
+                errors.append(DaalRayError(r.metrics[ERROR_TEXT_KEY]))
+    return errors
 
 
 def _quiet_tune_output() -> None:
@@ -287,13 +328,14 @@ def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *
 
 
 def run_sweep(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",
-              concurrency: Optional[int] = None) -> pa.Table:
+              concurrency: Optional[int] = None, callbacks: Sequence[ray.tune.Callback] = ()) -> pa.Table:
     """Run a sweep: one Tune trial per config, resumable.
 
     Experiments already complete under ``run_root`` are skipped; the others run as Tune
     trials (``concurrency`` at once; default ``scale.trial_concurrency`` of the first
     config, 0 = as resources allow), each resuming from its committed cycles. Returns
     every experiment's results combined, also written to ``run_root/results.parquet``.
+    ``callbacks`` are added to Tune's (e.g. :func:`daal_ray.tracking.sweep_callback`).
 
     Raises:
         DaalRayError: bad config or data, before anything runs; or the first trial's
@@ -321,7 +363,7 @@ def run_sweep(configs: Sequence[ExperimentConfig], run_root: str | Path, *, swee
                     concurrency or "as many as fit",
                     ", ".join(c.name for c in todo))
         t0 = time.perf_counter()
-        errors = _tune(todo, run_root, sweep_name, concurrency)
+        errors = _tune(todo, run_root, sweep_name, concurrency, callbacks)
         logger.info("sweep %s: trials finished in %.1f s", sweep_name, time.perf_counter() - t0)
     table = combine([run_root / c.name / RESULTS_FILE for c in configs], run_root / RESULTS_FILE)
     if errors:

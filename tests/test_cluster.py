@@ -9,6 +9,8 @@ it is stopped by signalling its process group (never a bare ``ray stop``).
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import os
 import secrets
 import signal
@@ -19,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import listening
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -242,8 +245,8 @@ def test_a_local_instance_started_next_to_another_cluster_finds_itself(local_hea
     a process of the new instance that looks its cluster up without an address (as Ray
     Train's placement-group cleaner does through the state API) finds its own, where the
     lookup would otherwise fail with 'Found multiple active Ray instances'."""
-    script = (
-        "import ray, ray._private.services as services\n"
+    script = inspect.getsource(listening) + (
+        "import json, ray, ray._private.services as services\n"
         "from daal_ray.runtime import init_ray\n"
         "init_ray(num_cpus=2)\n"
         "@ray.remote\n"
@@ -251,6 +254,7 @@ def test_a_local_instance_started_next_to_another_cluster_finds_itself(local_hea
         "    return services.canonicalize_bootstrap_address_or_die(None)\n"
         "print('OWN', ray.get_runtime_context().gcs_address)\n"
         "print('FOUND', ray.get(lookup.remote()))\n"
+        "print('LISTENING', json.dumps(listening(descendants(os.getpid()))))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"RAY_AUTH_MODE": "disabled", "DAAL_RAY_DASHBOARD": "1"})  # the state API needs the dashboard
@@ -259,3 +263,11 @@ def test_a_local_instance_started_next_to_another_cluster_finds_itself(local_hea
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     found = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("OWN", "FOUND")))
     assert found["FOUND"].split(":")[-1] == found["OWN"].split(":")[-1]  # the same GCS port: this instance
+    # Every server of the instance (GCS, raylet, object manager, workers, dashboard, agents,
+    # metrics) listens on loopback only: nothing of it is reachable from the network.
+    sockets = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("LISTENING")).split(" ", 1)[1])
+    commands = " ".join(cmd for _, _, _, cmd in sockets)
+    assert "gcs_server" in commands and "raylet" in commands and "dashboard" in commands, sockets
+    exposed = [s for s in sockets if s[0] not in ("127.0.0.1", "0000:0000:0000:0000:0000:0000:0000:0001")]
+    assert not exposed, exposed
+    assert found["OWN"].startswith("127.0.0.1:")

@@ -104,7 +104,7 @@ def test_new_strategies_through_the_cycle_loop(ray_session, tiny_config, tmp_pat
     from daal_ray.experiment import run_experiment
 
     for name, params in (("entropy_diverse", {}), ("daal_power", {"epochs": 2}), ("badge", {})):
-        cfg = tiny_config(name)
+        cfg = tiny_config(name, final_fraction=0.10)  # one selecting cycle each
         cfg = cfg.replace(acquisition=AcquisitionConfig(name, params))
         table = run_experiment(cfg, tmp_path / name)
         state = state_of(tmp_path / name, cfg)

@@ -85,12 +85,12 @@ def test_entropy_picks_the_most_uncertain(ray_session, tiny_config, tmp_path):
 
 def test_same_seed_same_selections(ray_session, tiny_config, tmp_path):
     for strategy in ("random", "entropy"):
-        cfg = tiny_config(strategy, seed=3)
+        cfg = tiny_config(strategy, seed=3, final_fraction=0.10)
         run_experiment(cfg, tmp_path / "a")
         run_experiment(cfg, tmp_path / "b")
         a, b = _state(tmp_path / "a", cfg), _state(tmp_path / "b", cfg)
         assert np.array_equal(a.labeled_cycle, b.labeled_cycle), strategy
-    other = tiny_config("random", seed=4)
+    other = tiny_config("random", seed=4, final_fraction=0.10)
     run_experiment(other, tmp_path / "c")
     c = _state(tmp_path / "c", other)
     assert not np.array_equal(c.labeled_cycle, _state(tmp_path / "a", tiny_config("random", seed=3)).labeled_cycle)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from labeling_helpers import CLASSES, FAST, RGB, _images, _png, _state, _truth, make_cold_project  # noqa: F401
 
 from daal_ray.cli import main
 from daal_ray.data.imagefolder import path_sample_id
@@ -34,40 +37,9 @@ from daal_ray.labeling import (
 )
 from daal_ray.pool import PoolState
 
-CLASSES = ("red", "green", "blue")
-RGB = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-FAST = {"train": {"model": "small_cnn", "epochs": 4, "batch_size": 16},
-        "scale": {"num_workers": 0, "inference_compute": "tasks"}, "image_size": 12}
-
-
-def _png(path: Path, colour: str, rng: np.random.Generator) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.clip(np.array(RGB[colour])[None, None] + rng.normal(0, 20, (12, 12, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(arr).save(path)
-    return path
-
-
-def _images(root: Path, labeled: int = 4, unlabeled: int = 8, seed: int = 0) -> Path:
-    """``labeled`` images per class in class folders, ``unlabeled`` per class at the top level."""
-    rng = np.random.default_rng(seed)
-    for c in CLASSES:
-        for i in range(labeled):
-            _png(root / c / f"{c}_s{i}.png", c, rng)
-        for i in range(unlabeled):
-            _png(root / f"{c}_{i}.png", c, rng)
-    return root
-
-
-def _truth(path: str) -> str:
-    return Path(path).name.split("_")[0]
-
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _state(project: Path) -> PoolState:
-    return PoolState.load(project / "pool_state.parquet")
 
 
 def _write_labels(path: Path, rows: list[tuple]) -> Path:
@@ -94,15 +66,7 @@ def _label_studio_export(tasks: list[dict], label_of) -> list[dict]:
 @pytest.fixture
 def cold_project(tmp_path):
     """A project of 24 unlabeled images (a flat folder) with a random first batch of 6 pending."""
-    rng = np.random.default_rng(3)
-    for c in CLASSES:
-        for i in range(8):
-            _png(tmp_path / "flat" / f"{c}_{i}.png", c, rng)
-    project = tmp_path / "proj"
-    init_project(project, classes=CLASSES, images=tmp_path / "flat", settings={**FAST, "budget": 6})
-    out = select_next_batch(project)
-    assert out.cycle == 0 and out.sample_ids.size == 6
-    return project, out
+    return make_cold_project(tmp_path)
 
 
 # ====================================================================== PoolState partial commit
@@ -299,7 +263,7 @@ def test_import_reports_every_problem_by_sample_id(cold_project, tmp_path, capsy
                    "sample_id 42 (line 5): not in the pending batch (not an image of this project)",
                    "line 6: sample_id 'x17' is not an integer",
                    f"sample_id {ids[2]} (line 7): the label is empty",
-                   f"sample_id {ids[3]}: conflicting labels 'red' (line 8) and 'blue' (line 9)",
+                   f"sample_id {ids[3]}: conflicting labels 'red' (line 8), 'blue' (line 9)",
                    f"sample_id {ids[4]}: pending in batch 0 but not labeled",
                    f"sample_id {ids[5]}: pending in batch 0 but not labeled"):
         assert needle in text, (needle, text)
@@ -314,7 +278,7 @@ def test_import_reports_every_problem_by_sample_id(cold_project, tmp_path, capsy
     assert f"sample_id {ids[0]} (line 2): fewer fields" in str(ei.value)
     assert f"sample_id {ids[1]} (line 3): more fields" in str(ei.value)
     (tmp_path / "h.csv").write_text(f"id,class\n{ids[0]},red\n")
-    with pytest.raises(DataError, match="must name the columns sample_id and label"):
+    with pytest.raises(DataError, match="must name the column sample_id and a label column"):
         import_labels(project, tmp_path / "h.csv")
     assert _digest(project / "pool_state.parquet") == before
 
@@ -374,7 +338,7 @@ def test_label_studio_export_maps_back_through_sample_id(cold_project, tmp_path)
     text = str(ei.value)
     sid2 = tasks[2]["data"]["sample_id"]
     assert f"sample_id {sid2}: conflicting labels" in text and "purple" in text
-    assert "task 77: no data.sample_id" in text
+    assert "task 77: no sample_id" in text
     assert len(ei.value.problems) == 2, ei.value.problems
     export[2]["annotations"].pop()
     export.pop()
@@ -497,18 +461,25 @@ def test_two_cycles_with_people(ray_session, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_select_on_the_shipped_default_path(ray_session, tmp_path, capsys):
-    """One selection as shipped: a Ray Train worker group of ProjectConfig's default size."""
+def test_select_as_shipped_and_too_few_cpus_refused_at_once(ray_session, tmp_path, capsys):
+    """``select`` as shipped (one Ray Train worker). With one logical CPU the worker held it
+    and the pool scoring it started waited forever; now ``select --num-cpus 1`` (in its own
+    process and Ray instance, under a timeout) refuses at once naming the fix, and nothing is
+    selected. The same project then selects on the suite's Ray."""
     images = _images(tmp_path / "imgs", labeled=3, unlabeled=4)
     project = tmp_path / "proj"
     assert main(["init", str(project), "--images", str(images), "--classes", ",".join(CLASSES),
                  "--epochs", "2", "--budget", "5"]) == 0
     cfg = open_project(project).config
     assert cfg.scale.num_workers == 1 and cfg.acquisition.strategy == "entropy"
+    env = {**os.environ, "DAAL_RAY_DASHBOARD": "0", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    refused = subprocess.run([sys.executable, "-m", "daal_ray.cli", "select", str(project), "--num-cpus", "1"],
+                             env=env, capture_output=True, text=True, timeout=240)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "would wait forever" in refused.stderr and "--num-cpus 3 or more" in refused.stderr, refused.stderr[-2000:]
+    assert _state(project).pending_cycle is None, "nothing was selected"
+    capsys.readouterr()
     assert main(["select", str(project)]) == 0
     assert "batch 1: 5 images selected by entropy" in capsys.readouterr().out
-    assert json.loads((project / "checkpoints" / "cycle_000" / "meta.json").read_text())["num_labeled"] == 9
-    assert (project / "ray_train" / "select").is_dir(), "trained by a Ray Train worker group"
-    state = _state(project)
-    assert state.pending_cycle == 1 and state.pending_ids().size == 5
-    assert np.intersect1d(state.pending_ids(), state.labeled_ids()).size == 0
+    assert _state(project).pending_ids().size == 5

@@ -23,7 +23,7 @@ LAYERS = {
     2: ("acquisition", "config"),
     3: ("training", "scoring", "diagnostics"),
     4: ("rundir", "driver", "cycle", "experiment"),
-    5: ("tuning", "report", "labeling", "progress"),
+    5: ("tuning", "report", "labeling", "progress", "tracking"),
     6: ("cli",),
 }
 

@@ -1,14 +1,13 @@
 """Faults injected into a running experiment, and bad input refused before anything is written.
 
-Each test injects one fault of RELIABILITY.md (a killed ALDriver, a killed Ray Train worker,
-a crashed Ray Data scoring task, a torn pool-state file) or feeds one kind of bad input,
+Each test injects one fault of RELIABILITY.md (a killed job, a crashed Ray Data scoring task, a torn pool-state
+file; losing the node of the ALDriver or of a Train worker is in test_multinode.py) or feeds one kind of bad input,
 and checks the outcome against a known answer: the labeled set of an uninterrupted run with
 the same seed, the full sort of the scores, the previous state generation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -20,13 +19,12 @@ import pytest
 
 from daal_ray import cycle as cycle_mod
 from daal_ray import data as data_mod
-from daal_ray import experiment as experiment_mod
 from daal_ray import runtime
 from daal_ray.acquisition.base import NoParams, Strategy
-from daal_ray.config import DataConfig, ExperimentConfig, ScaleConfig, resolve_config
+from daal_ray.config import DataConfig, ExperimentConfig, ScaleConfig
 from daal_ray.data import get_dataset
 from daal_ray.data.base import DATASETS, InMemoryDataset
-from daal_ray.driver import NAMESPACE, driver_name, start_driver
+from daal_ray.driver import driver_name, start_driver
 from daal_ray.errors import ConfigError, DataError, PoolStateError, RunLockedError
 from daal_ray.experiment import run_experiment
 from daal_ray.pool import PoolState, load_last_good
@@ -38,56 +36,7 @@ def _state(run_root: Path, cfg) -> PoolState:
     return PoolState.load(run_root / cfg.name / STATE_FILE)
 
 
-def _kill_aldriver(ray, run_dir: Path) -> int:
-    """SIGKILL the process of the run's ALDriver; returns the pid that was killed."""
-    handle = ray.get_actor(driver_name(run_dir), namespace=NAMESPACE)
-    pid = ray.get(handle.pid.remote())
-    os.kill(pid, signal.SIGKILL)
-    return pid
-
-
 # =========================================================================== faults
-@pytest.mark.ray
-def test_aldriver_killed_mid_cycle_ends_with_the_uninterrupted_labeled_set(ray_session, tiny_config, tmp_path,
-                                                                           monkeypatch):
-    """The ALDriver's process is killed twice mid-run: once between the proposal of cycle
-    1's batch and its commit, once while cycle 1's model trains. Every call is retried on the
-    restarted actor, which reloads pool_state.parquet; the labeled set (and the cycle each id
-    was labeled in) equals that of an uninterrupted run with the same seed."""
-    ray = ray_session
-    cfg = tiny_config("entropy", seed=5, final_fraction=0.10)
-    run_experiment(cfg, tmp_path / "clean")
-    clean = _state(tmp_path / "clean", cfg)
-
-    run_dir = (tmp_path / "killed" / cfg.name).resolve()
-    killed: list[int] = []
-    real_fit, real_oracle = cycle_mod.fit_task_model, cycle_mod.oracle_labels
-    oracle_calls = {"n": 0}
-
-    def oracle_and_kill(dataset, ids):
-        oracle_calls["n"] += 1
-        if oracle_calls["n"] == 2:  # 1 = initial pool, 2 = cycle 1's batch (proposed, pending)
-            assert PoolState.load(run_dir / STATE_FILE).pending_cycle == 1
-            killed.append(_kill_aldriver(ray, run_dir))
-        return real_oracle(dataset, ids)
-
-    def fit_and_kill(dataset, labeled, *a, **kw):
-        if len(killed) == 1 and labeled.size > clean.history[0].num_added:  # training of cycle 1
-            killed.append(_kill_aldriver(ray, run_dir))
-        return real_fit(dataset, labeled, *a, **kw)
-
-    monkeypatch.setattr(cycle_mod, "fit_task_model", fit_and_kill)
-    monkeypatch.setattr(cycle_mod, "oracle_labels", oracle_and_kill)
-    table = run_experiment(cfg, tmp_path / "killed")
-    assert len(killed) == 2 and killed[0] != killed[1], "the ALDriver must have been killed, and restarted, twice"
-    after = _state(tmp_path / "killed", cfg)
-    assert after.pending_cycle is None and after.next_cycle == clean.next_cycle == 2
-    assert np.array_equal(after.labeled_cycle, clean.labeled_cycle)
-    assert np.array_equal(after.label, clean.label)
-    assert [r.num_added for r in after.history] == [r.num_added for r in clean.history]
-    assert table["cycle"].to_pylist() == [0, 1]
-
-
 _KILLED_JOB = """
 import json, os, signal, sys
 import daal_ray.cycle as d
@@ -155,50 +104,6 @@ def test_job_killed_between_propose_and_commit_spends_no_budget_twice(ray_sessio
     assert np.array_equal(pending, np.sort(clean.ids_of_cycle(1)))
     assert np.array_equal(done.labeled_cycle, clean.labeled_cycle)
     assert np.array_equal(done.label, clean.label)
-
-
-@pytest.mark.ray
-def test_train_worker_killed_resumes_from_the_cycle_checkpoints(ray_session, tiny_config, tmp_path):
-    """A real Ray Train run (one worker, FailureConfig(max_failures=2)) whose worker process
-    SIGKILLs itself while cycle 1 trains. Ray Train restarts the worker group, the loop
-    resumes from the pool state and cycle 0's checkpoint (not retrained), and the experiment
-    completes."""
-    cfg = resolve_config(tiny_config("random", seed=1, num_workers=1, final_fraction=0.10))
-    log = tmp_path / "fits.log"
-    marker = tmp_path / "killed-once"
-
-    def loop(loop_config):  # a local function: it travels to the worker by value
-        import daal_ray.cycle as d
-
-        real_fit = d.fit_task_model
-
-        def fit(dataset, labeled, *a, **kw):
-            with open(log, "a") as fh:
-                fh.write(f"{labeled.size} {os.getpid()}\n")
-            if len(log.read_text().splitlines()) == 2 and not marker.exists():  # cycle 1's training
-                marker.write_text(str(os.getpid()))
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real_fit(dataset, labeled, *a, **kw)
-
-        d.fit_task_model = fit
-        d.experiment_loop(loop_config)
-
-    with contextlib.ExitStack() as stack:
-        item = experiment_mod._open_experiment(cfg, tmp_path / "runs", stack)
-        experiment_mod.run_on_worker_group(loop, item, cfg.scale, Path(item["run_dir"]) / "ray_train" / "train")
-
-    assert marker.exists(), "the worker was not killed"
-    fits = [line.split() for line in log.read_text().splitlines()]
-    sizes = [int(n) for n, _ in fits]
-    state = _state(tmp_path / "runs", cfg)
-    n0, k, _ = cfg.schedule(len(state))
-    # cycle 0 trained once (its checkpoint was reused after the restart), cycle 1 twice
-    assert sizes == [n0, n0 + k, n0 + k], fits
-    assert fits[1][1] != fits[2][1], "cycle 1 must have been retrained in a new worker process"
-    assert state.next_cycle == 2 and state.pending_cycle is None
-    run_dir = tmp_path / "runs" / cfg.name
-    assert (run_dir / "checkpoints" / "cycle_000" / "meta.json").is_file()
-    assert (run_dir / "checkpoints" / "cycle_001" / "meta.json").is_file()
 
 
 @pytest.mark.ray

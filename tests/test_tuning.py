@@ -91,7 +91,7 @@ def test_experiment_complete_needs_every_cycle_and_the_final_row(tmp_path):
 
 
 # --------------------------------------------------------------------------- kill and resume
-STRATEGIES, SEEDS, CYCLES = ("random", "entropy"), (0, 1), (0, 1)
+STRATEGIES, SEEDS, CYCLES = ("random", "entropy"), (0,), (0, 1)
 
 
 def _sweep_command(run_dir: Path) -> list[str]:
@@ -156,7 +156,7 @@ def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
     configs = plan_experiments(dataset="digits", strategies=list(STRATEGIES), seeds=SEEDS,
                                protocol={"initial_fraction": 0.05, "final_fraction": 0.10})
     names = {c.name: c for c in configs}
-    assert len(names) == 4
+    assert len(names) == 2
 
     # 1. Run the sweep in its own process group; SIGKILL the group once one trial is complete.
     with open(tmp_path / "first.log", "wb") as log:
@@ -190,7 +190,7 @@ def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
     out = second.stdout + second.stderr
     (tmp_path / "second.log").write_text(out)
     assert second.returncode == 0, out[-4000:]
-    assert f"{len(finished)} of 4 experiment(s) already complete, skipped" in out, [
+    assert f"{len(finished)} of 2 experiment(s) already complete, skipped" in out, [
         line for line in out.splitlines() if "daal_ray" in line]
     for name in finished:  # not redone: the results file is byte for byte what it was
         assert (run_dir / name / RESULTS_FILE).read_bytes() == finished[name]
@@ -203,11 +203,11 @@ def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
     table = read_results(run_dir)
     keys = sorted(zip(table["strategy"].to_pylist(), table["seed"].to_pylist(), table["cycle"].to_pylist()))
     assert keys == sorted((s, seed, c) for s in STRATEGIES for seed in SEEDS for c in CYCLES)
-    assert table.num_rows == 8
-    assert table["num_labeled"].to_pylist() == [72, 144] * 4  # sorted by strategy, seed, cycle
+    assert table.num_rows == 4
+    assert table["num_labeled"].to_pylist() == [72, 144] * 2  # sorted by strategy, seed, cycle
     # each selected batch's redundancy was recorded, for random too
     selecting = table.filter(pc.greater(table["num_selected"], 0))
-    assert selecting.num_rows == 4
+    assert selecting.num_rows == 2
     assert all(-1.0 <= c <= 1.0 for c in selecting["batch_cosine"].to_pylist())
     assert all(0.0 < e <= 1.0 for e in selecting["batch_class_entropy"].to_pylist())
 

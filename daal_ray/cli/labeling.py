@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from daal_ray.errors import DaalRayError
+from daal_ray.labeling import studio
 from daal_ray.labeling.batches import select_next_batch
-from daal_ray.labeling.labels import import_labels
+from daal_ray.labeling.labels import CONSENSUS_RULES, import_labels
 from daal_ray.labeling.project import init_project, read_classes
 from daal_ray.labeling.status import project_status
 from daal_ray.runtime import init_ray
@@ -63,20 +64,45 @@ def add_labeling_parsers(sub: Any) -> None:
     select.add_argument("--image-root-url", default=None, metavar="URL",
                         help="prefix of image URLs in the Label Studio file (default: the project's)")
     select.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a locally started Ray")
+    _add_label_studio(select, "push the batch's tasks to this Label Studio server (needs the labelstudio extra "
+                              "and LABEL_STUDIO_API_KEY)")
 
     imp = sub.add_parser(
-        "import", help="commit labels from a sample_id,label CSV or a Label Studio JSON export",
+        "import", help="commit labels from a CSV, a Label Studio export or a Label Studio server",
         description="Check every label against the pending batch and the class list and commit the new ones. CSV: "
-                    "columns sample_id and label (a class name). JSON: Label Studio's export (choices). Every problem "
-                    "is listed by sample id and nothing is committed while one remains. Importing a file twice "
-                    "changes nothing.")
+                    "a sample_id column and a label column (label, or Label Studio's CSV export, whose column is "
+                    "named after the Choices tag: class). JSON: Label Studio's JSON or JSON-MIN export. Or pull "
+                    "the annotations from a server with --label-studio. Every problem is listed by sample id and "
+                    "nothing is committed while one remains. Importing the same labels twice changes nothing.")
     imp.add_argument("project_dir", metavar="PROJECT_DIR")
-    imp.add_argument("file", metavar="FILE", help="labels: .csv (sample_id,label) or .json (Label Studio export)")
+    imp.add_argument("file", metavar="FILE", nargs="?", default=None,
+                     help="labels: .csv or .json (Label Studio's JSON or JSON-MIN export); not with --label-studio")
     imp.add_argument("--partial", action="store_true",
                      help="commit the labeled part of the batch; the rest stays pending")
+    imp.add_argument("--consensus", choices=CONSENSUS_RULES, default="refuse",
+                     help="several annotations of one image: refuse a disagreement (default), take the majority "
+                          "(a tie is refused) or the latest annotation; each decision is recorded in "
+                          "batches/batch_NNN_labels.csv")
+    imp.add_argument("--label-column", default=None, metavar="NAME",
+                     help="the column (CSV, JSON-MIN) or Choices tag (JSON) holding the class name (default: label, "
+                          "or the Choices name in the project's label_config.xml)")
+    _add_label_studio(imp, "pull the annotations from this Label Studio server instead of a file")
 
     status = sub.add_parser("status", help="cycles, labels, budget, the pending batch and the last accuracy")
     status.add_argument("project_dir", metavar="PROJECT_DIR")
+
+
+def _add_label_studio(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--label-studio", default=None, metavar="URL", help=f"{what}, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--ls-project", type=int, default=None, metavar="N",
+                        help="the Label Studio project's id (with --label-studio)")
+
+
+def _label_studio(args: argparse.Namespace) -> bool:
+    """Whether the verb talks to a Label Studio server; both flags or neither."""
+    if (args.label_studio is None) != (args.ls_project is None):
+        raise DaalRayError("give --label-studio URL and --ls-project N together")
+    return args.label_studio is not None
 
 
 def _init_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,16 +140,39 @@ def run_labeling(args: argparse.Namespace) -> int:
     if args.verb == "select":
         if args.num_cpus:
             init_ray(num_cpus=args.num_cpus)
+        push = _label_studio(args)
+        if push:  # a bad URL, token or project number is told before a batch is recorded as pending
+            studio.check_project(args.label_studio, args.ls_project)
         out = select_next_batch(args.project_dir, strategy=args.strategy, budget=args.budget, reexport=args.reexport,
                                 num_workers=args.num_workers, image_root_url=args.image_root_url)
         verb = "re-exported" if out.reexported else f"selected by {out.strategy}"
         print(f"batch {out.cycle}: {out.sample_ids.size} images {verb}, pending until imported")
         for kind, path in out.files.items():
             print(f"  {kind:<12} {path}")
-        print(f"next: label them, then daal-ray import {args.project_dir} FILE")
+        if push:
+            created = studio.push_batch(args.project_dir, args.label_studio, args.ls_project)
+            print(f"label studio: {created} task(s) added to project {args.ls_project} at {args.label_studio}")
+            print(f"next: label them, then daal-ray import {args.project_dir} --label-studio {args.label_studio} "
+                  f"--ls-project {args.ls_project}")
+        else:
+            print(f"next: label them, then daal-ray import {args.project_dir} FILE")
         return 0
     if args.verb == "import":
-        res = import_labels(args.project_dir, args.file, partial=args.partial)
+        if _label_studio(args):
+            if args.file is not None:
+                raise DaalRayError("give a label FILE or --label-studio, not both")
+            tasks = studio.pull_tasks(args.label_studio, args.ls_project)
+            res = import_labels(args.project_dir, tasks=tasks, partial=args.partial, consensus=args.consensus,
+                                label_column=args.label_column,
+                                source=f"Label Studio project {args.ls_project} at {args.label_studio}")
+        elif args.file is None:
+            raise DaalRayError("give the label FILE to import, or --label-studio URL --ls-project N")
+        else:
+            res = import_labels(args.project_dir, args.file, partial=args.partial, consensus=args.consensus,
+                                label_column=args.label_column)
+        if res.resolved:
+            print(f"{res.resolved} disagreement(s) resolved by --consensus {args.consensus}; decisions in "
+                  f"{res.decisions_file}")
         if not res.changed:
             print(f"nothing new: {res.already} label(s) were imported already; "
                   f"{res.still_pending} id(s) pending" + (f" in batch {res.cycle}" if res.cycle is not None else ""))

@@ -24,11 +24,13 @@ from daal_ray.progress import CycleProgress
 from daal_ray.report import build_report, format_table, plot_learning_curves
 from daal_ray.results import RESULTS_FILE
 from daal_ray.runtime import init_ray, log_to_file, ray_logs_dir, setup_logging, stop_logging_to
+from daal_ray.tracking import INSTALL_HINT, TrackingTarget, open_target, sweep_callback, watch_results
 from daal_ray.tuning import plan_experiments, preflight, run_experiments, run_sweep
 
 logger = logging.getLogger("daal_ray")
 
-__all__ = ["add_run_arguments", "configs_from_args", "csv_list", "daal_epochs", "run_from_args", "sweep_from_args"]
+__all__ = ["add_run_arguments", "configs_from_args", "csv_list", "daal_epochs", "run_from_args", "sweep_from_args",
+           "tracking_from_args"]
 
 
 def csv_list(text: str) -> list[str]:
@@ -78,6 +80,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
     r.add_argument("--inference-compute", choices=("actors", "tasks"), default=None,
                    help="Ray Data execution of the pool predictor: an actor pool (default) or tasks that cache it "
                         "per worker process (faster on small pools)")
+    r.add_argument("--placement-strategy", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), default=None,
+                   help="placement of an experiment's Train workers: PACK on as few nodes as possible (default), "
+                        "SPREAD across nodes (losing a node loses fewer workers)")
     r.add_argument("--concurrency", type=int, default=None,
                    help="experiments run at once; 1 runs them one after another in one worker group "
                         "(default: %(default)s; None = as resources allow, one Tune trial each)")
@@ -89,6 +94,13 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
                         "cycle; they are always in RUN_DIR/job.log and RUN_DIR/<experiment>/worker-rank*.log")
     o.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (the per-cycle lines stay)")
+    m = p.add_argument_group("experiment tracking (needs the extra: " + INSTALL_HINT + ")")
+    m.add_argument("--mlflow-uri", default=None, metavar="URI",
+                   help="log each experiment as one MLflow run (its config as params, each cycle's metrics at "
+                        "step = cycle, the AULC at the end; a resumed experiment logs into its run): a folder or "
+                        "file:PATH for a local store, sqlite:///FILE, or http(s)://SERVER")
+    m.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                   help="the MLflow experiment the runs go to (default: the name of --run-dir)")
 
 
 def _read_config_file(path: Optional[str]) -> dict:
@@ -122,6 +134,7 @@ def configs_from_args(args: argparse.Namespace, dataset: Optional[str] = None,
              **_given(("num_workers", args.num_workers), ("use_gpu", args.use_gpu),
                       ("cpus_per_worker", args.cpus_per_worker), ("inference_actors", args.inference_actors),
                       ("inference_compute", args.inference_compute), ("trial_concurrency", args.concurrency),
+                      ("placement_strategy", args.placement_strategy),
                       ("inference_batch_size", getattr(args, "inference_batch_size", None)))}
     if args.use_gpu:
         scale.setdefault("gpus_per_inference_actor", 0.25)
@@ -212,18 +225,39 @@ def _link_ray_logs(run_dir: Path) -> None:
         logger.debug("could not link %s: %s", link, exc)
 
 
+def tracking_from_args(args: argparse.Namespace, run_dir: Path) -> Optional[TrackingTarget]:
+    """The MLflow store ``--mlflow-uri`` names (checked now, before anything runs), or None
+    without the flag. A relative path is resolved here, against the current directory."""
+    uri = getattr(args, "mlflow_uri", None)
+    if not uri:
+        if getattr(args, "mlflow_experiment", None):
+            raise DaalRayError("--mlflow-experiment needs --mlflow-uri (where the runs are stored)")
+        return None
+    return open_target(uri, getattr(args, "mlflow_experiment", None) or run_dir.resolve().name)
+
+
 def run_from_args(args: argparse.Namespace, dataset: Optional[str] = None, title: str = "",
                   strategy_params: Optional[dict[str, dict]] = None) -> int:
     """Plan, run, and summarise experiments; used by ``daal-ray run`` and the job scripts."""
     configs = configs_from_args(args, dataset, strategy_params)
     run_dir = Path(args.run_dir)
     preflight(configs)  # bad data or a budget larger than the pool is refused before Ray starts
-    table = run_job(args, configs, run_dir,
-                    lambda: run_experiments(configs, run_dir, concurrency=configs[0].scale.trial_concurrency))
+    tracking = tracking_from_args(args, run_dir)
+    # Tracking follows the results files from this process, whether the experiments share
+    # one worker group or run as Tune trials; leaving it ends the MLflow runs, Ctrl-C included.
+    with watch_results(tracking, configs, run_dir):
+        table = run_job(args, configs, run_dir,
+                        lambda: run_experiments(configs, run_dir, concurrency=configs[0].scale.trial_concurrency))
     png = plot_learning_curves(table, run_dir / "learning_curve.png", title=title)
     print(format_table(table))
     print(f"\nresults: {run_dir / 'results.parquet'}\nfigure:  {png}")
+    _print_tracking(tracking)
     return 0
+
+
+def _print_tracking(tracking: Optional[TrackingTarget]) -> None:
+    if tracking is not None:
+        print(f"mlflow:  experiment {tracking.experiment_name!r} in {tracking.tracking_uri}")
 
 
 def sweep_from_args(args: Any) -> int:
@@ -234,12 +268,19 @@ def sweep_from_args(args: Any) -> int:
         args, "strategy_params", None))]
     run_dir = Path(args.run_dir)
     preflight(configs)
-    run_job(args, configs, run_dir, lambda: run_sweep(configs, run_dir, sweep_name=args.name))
+    tracking = tracking_from_args(args, run_dir)
+    # Tune's MLflow callback logs the trials as they report; leaving watch_results logs
+    # what no trial reported (experiments already complete, skipped) and ends the runs.
+    callbacks = [sweep_callback(tracking)] if tracking else []
+    with watch_results(tracking, configs, run_dir, live=False):
+        run_job(args, configs, run_dir,
+                lambda: run_sweep(configs, run_dir, sweep_name=args.name, callbacks=callbacks))
     report = build_report(run_dir)
     print(report.text)
     print(f"\nresults: {run_dir / RESULTS_FILE}\nreport:  {report.text_path}")
     for path in report.figures.values():
         print(f"figure:  {path}")
+    _print_tracking(tracking)
     return 0
 
 

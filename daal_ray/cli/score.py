@@ -16,7 +16,7 @@ from daal_ray.acquisition import build_strategy
 from daal_ray.atomic_io import atomic_write
 from daal_ray.config import AcquisitionConfig, ScaleConfig
 from daal_ray.errors import ConfigError, DataError
-from daal_ray.runtime import init_ray, quiet_ray_data
+from daal_ray.runtime import fit_concurrency, init_ray, quiet_ray_data
 from daal_ray.scoring import select_from_features
 
 __all__ = ["add_score_arguments", "read_id_file", "score_from_args"]
@@ -88,6 +88,7 @@ def score_from_args(args: Any) -> int:
     strategy = build_strategy(AcquisitionConfig(strategy=args.strategy, params=params), seed=args.seed, cycle=args.cycle)
     labeled = read_id_file(args.labeled_ids) if args.labeled_ids else None
     init_ray(num_cpus=args.num_cpus)
+    fit_concurrency(scale.replace(num_workers=0), 1, what="daal-ray score")  # no Train workers, only Ray Data
     quiet_ray_data()
     device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
     result = select_from_features(args.features, strategy, args.k, labeled, scale, device=device)

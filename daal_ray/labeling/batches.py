@@ -39,7 +39,7 @@ from daal_ray.config import ExperimentConfig
 from daal_ray.cycle import initial_pool, select_batch, train_cycle_model
 from daal_ray.data import open_dataset
 from daal_ray.experiment import run_on_worker_group
-from daal_ray.labeling.project import BATCH_DIR, INITIAL, LabelingError, Project, open_project
+from daal_ray.labeling.project import BATCH_DIR, INITIAL, LabelingError, Project, open_project, write_label_config
 from daal_ray.rundir import hold_run_dir
 from daal_ray.runtime import barrier, init_ray, quiet_ray_data, world
 
@@ -237,5 +237,6 @@ def export_batch(project: Project, cycle: int, pending: np.ndarray, url_prefix: 
                        "score": float(s) if np.isfinite(s) else None, "batch_id": cycle}}
              for i, (sid, p, s) in enumerate(zip(ids.tolist(), paths, scores.tolist()))]
     atomic_write_bytes(files["label_studio"], json.dumps(tasks, indent=1).encode())
+    files["label_config"] = write_label_config(project.dir, project.classes)
     logger.info("batch %d: %d ids exported to %s", cycle, ids.size, files["csv"].parent)
     return BatchExport(cycle, strategy, ids, scores, files, reexported)

@@ -6,7 +6,9 @@ A project directory holds::
     images.parquet        every image: sample_id, absolute path, split (train = pool, test = held out), label
     pool_state.parquet    the PoolState (labels people gave, the pending batch), with .prev
     checkpoints/cycle_NNN the task model of each cycle
-    batches/              batch_NNN.csv / .parquet / _label_studio.json, one set per selected batch
+    batches/              batch_NNN.csv / .parquet / _label_studio.json, one set per selected batch,
+                          and batch_NNN_labels.csv: each imported label's consensus decision
+    label_config.xml      a Label Studio labeling config for the project's classes
     .lock                 the run-directory lock every writing command holds
 
 ``sample_id`` is :func:`~daal_ray.data.imagefolder.path_sample_id` of the image's path
@@ -23,6 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -52,6 +55,7 @@ logger = logging.getLogger(__name__)
 PROJECT_FILE = "project.json"
 PROJECT_FORMAT = "daal-ray/labeling-project"
 BATCH_DIR = "batches"
+LABEL_CONFIG_FILE = "label_config.xml"
 CHECKPOINT_DIR = "checkpoints"
 INITIAL = "initial"  # strategy recorded for the labels given at init (they spend no budget)
 UNLABELED_FOLDER = "unlabeled"
@@ -400,10 +404,28 @@ def init_project(project_dir: str | Path, *, classes: Sequence[str], images: Opt
             state.commit(0, ids[seeds], labels[seeds], strategy=INITIAL)
             assert got.size == int(seeds.sum())
         state.save(project_dir / STATE_FILE)
+        write_label_config(project_dir, classes)
         save_project_config(project_dir, cfg)  # last: a folder without it is no project yet
     logger.info("init %s: %d pool images (%d labeled), %d held-out test images, classes %s", project_dir,
                 pool_ids.size, int(seeds.sum()), int(test.sum()), ", ".join(classes))
     return InitSummary(project_dir, cfg, int(pool_ids.size), int(seeds.sum()), int(test.sum()))
+
+
+def label_config_xml(classes: Sequence[str], choices: str = "class") -> str:
+    """A Label Studio labeling config: the image and one single-choice Choices tag named
+    ``choices`` whose values are ``classes``."""
+    values = "\n".join(f'    <Choice value="{xml_escape(c, {chr(34): "&quot;"})}"/>' for c in classes)
+    return (f'<View>\n  <Image name="image" value="$image"/>\n'
+            f'  <Choices name="{choices}" toName="image" choice="single" showInline="true" required="true">\n'
+            f"{values}\n  </Choices>\n</View>\n")
+
+
+def write_label_config(project_dir: Path, classes: Sequence[str]) -> Path:
+    """Write ``label_config.xml`` unless it is there (a user may have edited it)."""
+    path = Path(project_dir) / LABEL_CONFIG_FILE
+    if not path.exists():
+        atomic_write_bytes(path, label_config_xml(classes).encode())
+    return path
 
 
 # ---------------------------------------------------------------------- open

@@ -1,0 +1,217 @@
+"""Node-loss scenarios on a three-node Ray cluster on this machine (``ray.cluster_utils.Cluster``).
+
+Run by tests/test_multinode.py in a process of its own (the test process is connected to the
+suite's single-node Ray): ``python tests/multinode_scenarios.py OUT_DIR``. The cluster is
+started once: a head without task resources (as on a real cluster, where the head runs only
+Ray's own services) and two worker nodes of 4 CPUs, each with the custom resource
+``worker_node`` so a test can keep an actor off the head. Each scenario removes a node in
+the middle of real work, the way a preempted spot instance disappears, then adds a
+replacement (as an autoscaler would) for the next one, and writes what it observed to
+``OUT_DIR/<scenario>.json``; the test compares that with the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray.cluster_utils import Cluster
+
+from daal_ray import cycle as cycle_mod
+from daal_ray import driver as driver_mod
+from daal_ray.driver import NAMESPACE, driver_name
+from daal_ray.experiment import run_experiment
+from daal_ray.pool import PoolState
+from daal_ray.results import read_results
+from daal_ray.rundir import STATE_FILE
+from daal_ray.runtime import check_reachable_everywhere
+from daal_ray.tuning import plan_experiments
+
+WORKER = {"num_cpus": 4, "resources": {"worker_node": 1}}
+logger = logging.getLogger("multinode")
+
+
+class Nodes:
+    """The cluster and its current worker nodes."""
+
+    def __init__(self) -> None:
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        self.workers = [self.cluster.add_node(**WORKER) for _ in range(2)]
+        ray.init(address=self.cluster.address, logging_level=logging.WARNING)
+        self.cluster.wait_for_nodes()
+
+    def remove(self, node_id: str) -> None:
+        node = next(n for n in self.workers if n.node_id == node_id)
+        self.workers.remove(node)
+        self.cluster.remove_node(node, allow_graceful=False)
+        logger.info("removed node %s", node_id[:8])
+
+    def replace(self) -> None:
+        """Back to two worker nodes (an autoscaler's replacement)."""
+        while len(self.workers) < 2:
+            self.workers.append(self.cluster.add_node(**WORKER))
+        self.cluster.wait_for_nodes()
+
+    @property
+    def worker_ids(self) -> list[str]:
+        return [n.node_id for n in self.workers]
+
+
+def _config(strategy: str, seed: int, num_workers: int, **scale):
+    (cfg,) = plan_experiments(dataset="digits", strategies=[strategy], seeds=[seed],
+                              protocol={"initial_fraction": 0.05, "step_fraction": 0.05, "final_fraction": 0.10},
+                              train={"epochs": 3}, scale={"num_workers": num_workers, **scale})
+    return cfg
+
+
+_CLEAN: dict[str, Path] = {}
+
+
+def _clean_run(cfg, out: Path) -> None:
+    """The uninterrupted run of ``cfg`` in ``out/clean``, trained in this process, once per
+    experiment name: random's batches do not depend on the model, so one run serves every
+    scenario of that seed whatever its worker count."""
+    if cfg.name not in _CLEAN:
+        run_experiment(cfg, out / "clean")
+        _CLEAN[cfg.name] = out / "clean"
+    elif _CLEAN[cfg.name] != out / "clean":
+        (out / "clean").parent.mkdir(parents=True, exist_ok=True)
+        (out / "clean").symlink_to(_CLEAN[cfg.name])
+
+
+def _outcome(run_root: Path, cfg, **extra) -> dict:
+    state = PoolState.load(run_root / cfg.name / STATE_FILE)
+    results = read_results(run_root / cfg.name)
+    return {"labeled_cycle": state.labeled_cycle.tolist(), "label": state.label.tolist(),
+            "num_added": [h.num_added for h in state.history], "pending_cycle": state.pending_cycle,
+            "result_cycles": results["cycle"].to_pylist(), **extra}
+
+
+def _driver_node(run_dir: Path) -> str:
+    handle = ray.get_actor(driver_name(run_dir), namespace=NAMESPACE)
+    return ray.get(handle.node_id.remote())
+
+
+def aldriver_node(nodes: Nodes, out: Path) -> dict:
+    """The node hosting the ALDriver removed between propose and commit, and again while a
+    cycle trains (training runs in this process: ``num_workers=0``; the strategy is random,
+    whose batches depend on the state the ALDriver keeps, not on the model)."""
+    cfg = _config("random", seed=7, num_workers=0)
+    _clean_run(cfg, out)
+    real_actor, real_oracle, real_fit = driver_mod.ALDriver, cycle_mod.oracle_labels, cycle_mod.fit_task_model
+
+    class OnWorkerNodes:  # keeps the ALDriver off the head, which a test must not remove
+        def options(self, **kw):
+            return real_actor.options(**kw, resources={"worker_node": 0.001})
+
+    driver_mod.ALDriver = OnWorkerNodes()
+    run_dir = (out / "faulty" / cfg.name).resolve()
+    removed: list[dict] = []
+    calls = {"oracle": 0}
+
+    def remove_drivers_node(when: str) -> None:
+        node = _driver_node(run_dir)
+        nodes.remove(node)
+        pending = PoolState.load(run_dir / STATE_FILE).pending_cycle
+        nodes.replace()
+        removed.append({"when": when, "node": node, "pending_cycle": pending,
+                        "restarted_on": _driver_node(run_dir), "worker_nodes": nodes.worker_ids})
+
+    def oracle(dataset, ids):
+        calls["oracle"] += 1
+        if calls["oracle"] == 2:  # cycle 1's batch: proposed (durable), not committed
+            remove_drivers_node("between propose and commit")
+        return real_oracle(dataset, ids)
+
+    def fit(dataset, labeled, *a, **kw):
+        if len(removed) == 1:  # the second model trains: cycle 1's
+            remove_drivers_node("while cycle 1 trains")
+        return real_fit(dataset, labeled, *a, **kw)
+
+    cycle_mod.oracle_labels, cycle_mod.fit_task_model = oracle, fit
+    try:
+        run_experiment(cfg, out / "faulty")
+    finally:
+        driver_mod.ALDriver, cycle_mod.oracle_labels, cycle_mod.fit_task_model = real_actor, real_oracle, real_fit
+    return {"clean": _outcome(out / "clean", cfg), "faulty": _outcome(out / "faulty", cfg, removed=removed)}
+
+
+def train_worker_node(nodes: Nodes, out: Path) -> dict:
+    """The node hosting one of two Ray Train workers (spread over the two worker nodes)
+    removed while cycle 1 trains: the group restarts on what is left, from the last
+    checkpoint. The strategy is random, whose labeled set does not depend on the model, so
+    the uninterrupted run it is compared with (shared with the ALDriver scenario) trains in
+    this process."""
+    cfg = _config("random", seed=7, num_workers=2, placement_strategy="SPREAD", inference_compute="tasks")
+    _clean_run(cfg.replace(scale=cfg.scale.replace(num_workers=0)), out)
+    run_dir = (out / "faulty" / cfg.name).resolve()
+    seen: dict = {}
+
+    def remove_when_cycle_1_trains() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (run_dir / "results.parquet").exists() and read_results(run_dir)["cycle"].to_pylist() == [0]:
+                break
+            time.sleep(0.2)
+        time.sleep(2.0)  # into cycle 1's training
+        seen["checkpoint_0_mtime"] = (run_dir / "checkpoints" / "cycle_000").stat().st_mtime
+        victim = nodes.worker_ids[-1]
+        nodes.remove(victim)
+        seen["removed"] = victim
+
+    killer = threading.Thread(target=remove_when_cycle_1_trains, daemon=True)
+    killer.start()
+    run_experiment(cfg, out / "faulty")
+    killer.join(5)
+    checkpoint_0_after = (run_dir / "checkpoints" / "cycle_000").stat().st_mtime
+    nodes.replace()
+    return {"clean": _outcome(out / "clean", cfg),
+            "faulty": _outcome(out / "faulty", cfg, removed=seen.get("removed"),
+                               checkpoint_0_retrained=checkpoint_0_after != seen.get("checkpoint_0_mtime"),
+                               restarts=_train_restarts(run_dir))}
+
+
+def _train_restarts(run_dir: Path) -> int:
+    """How many times Ray Train started a worker group for the run (from its worker logs)."""
+    logs = list(run_dir.glob("worker-rank0.log*"))
+    return sum(p.read_text(errors="replace").count("a worker group of") for p in logs)
+
+
+def storage_check(nodes: Nodes, out: Path) -> dict:
+    """The run-directory check reaches every node of the cluster."""
+    out.mkdir(parents=True, exist_ok=True)
+    return {"checked_nodes": check_reachable_everywhere(out), "alive_nodes": len([n for n in ray.nodes()
+                                                                                  if n["Alive"]])}
+
+
+SCENARIOS = {"storage_check": storage_check, "aldriver_node": aldriver_node, "train_worker_node": train_worker_node}
+
+
+def main(out_dir: str, names: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(out_dir)
+    nodes = Nodes()
+    for name in names or list(SCENARIOS):
+        t0 = time.perf_counter()
+        try:
+            result = SCENARIOS[name](nodes, out / name)
+        except BaseException:  # recorded for the test to show; the next scenario still runs
+            result = {"error": traceback.format_exc()}
+            nodes.replace()
+        result["seconds"] = time.perf_counter() - t0
+        (out / f"{name}.json").write_text(json.dumps(result, default=lambda o: np.asarray(o).tolist()))
+        logger.info("scenario %s: %.1f s%s", name, result["seconds"], " (error)" if "error" in result else "")
+    ray.shutdown()
+    nodes.cluster.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

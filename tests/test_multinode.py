@@ -1,0 +1,75 @@
+"""Losing a node: faults on a three-node Ray cluster (a head without task resources, two
+4-CPU worker nodes), each checked against an uninterrupted run with the same seed.
+
+The cluster is started once, in a process of its own (this one is connected to the
+suite's single-node Ray), by tests/multinode_scenarios.py, which runs every scenario on it
+and writes what it saw; each test here checks one scenario. A node is removed the way a
+preempted instance goes (its raylet and every process on it killed), then replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multinode")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])})
+    r = subprocess.run([sys.executable, str(HERE / "multinode_scenarios.py"), str(out)], env=env, cwd=out,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+
+    def result(name: str) -> dict:
+        found = json.loads((out / f"{name}.json").read_text())
+        assert "error" not in found, found["error"]
+        return found
+
+    return result
+
+
+def _same_outcome(clean: dict, faulty: dict) -> None:
+    assert faulty["pending_cycle"] is None
+    assert faulty["labeled_cycle"] == clean["labeled_cycle"], "the labeled set (and each id's cycle) of the clean run"
+    assert faulty["label"] == clean["label"]
+    assert faulty["num_added"] == clean["num_added"], "no budget spent twice"
+    assert faulty["result_cycles"] == clean["result_cycles"] == [0, 1], "every cycle recorded once"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_run_directory_check_reaches_every_node(scenarios):
+    found = scenarios("storage_check")
+    assert found["checked_nodes"] == found["alive_nodes"] == 3
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_aldriver_node_lost_between_propose_and_commit_and_while_training(scenarios):
+    found = scenarios("aldriver_node")
+    removed = found["faulty"]["removed"]
+    assert [r["when"] for r in removed] == ["between propose and commit", "while cycle 1 trains"]
+    assert removed[0]["pending_cycle"] == 1, "the first loss came with cycle 1's batch proposed, not committed"
+    for r in removed:  # the actor came back on another live node, from the state file
+        assert r["restarted_on"] != r["node"] and r["restarted_on"] in r["worker_nodes"]
+    _same_outcome(found["clean"], found["faulty"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_train_worker_node_lost_mid_training_restarts_the_group_from_the_checkpoints(scenarios):
+    found = scenarios("train_worker_node")
+    faulty = found["faulty"]
+    assert faulty["removed"], "a node hosting a Train worker was removed"
+    assert faulty["restarts"] == 2, "Ray Train started the worker group a second time, on the nodes left"
+    assert not faulty["checkpoint_0_retrained"], "cycle 0's model was reused from its checkpoint"
+    _same_outcome(found["clean"], faulty)
