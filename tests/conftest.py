@@ -10,6 +10,8 @@ without the ``ray`` mark fails.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import ray
@@ -61,3 +63,25 @@ def pytest_runtest_call(item):
         if not before and ray.is_initialized() and item.get_closest_marker("ray") is None:
             pytest.fail(f"{item.nodeid} started Ray without the `ray` mark; mark it (and `slow` if it is end to "
                         f"end)", pytrace=False)
+
+
+def pytest_collection_finish(session):
+    """The multi-node scenarios run in a process of their own for about two minutes, most
+    of it waiting on Ray's processes: start them with the session, so they overlap the
+    other tests; tests/test_multinode.py waits for them."""
+    if session.config.option.collectonly or not any(i.nodeid.startswith("tests/test_multinode.py")
+                                                   for i in session.items):
+        return
+    from test_multinode import start_scenarios
+
+    out = Path(tempfile.mkdtemp(prefix="multinode-"))
+    session.config.multinode_scenarios = (out, start_scenarios(out))
+
+
+def pytest_sessionfinish(session):
+    """Stop the scenarios' process if the session ends before it did (-x, Ctrl-C)."""
+    started = getattr(session.config, "multinode_scenarios", None)
+    if started is not None and started[1].poll() is None:
+        import signal
+
+        os.killpg(started[1].pid, signal.SIGKILL)

@@ -151,16 +151,16 @@ def train_worker_node(nodes: Nodes, out: Path) -> dict:
     this process."""
     cfg = _config("random", seed=7, num_workers=2, placement_strategy="SPREAD", inference_compute="tasks")
     _clean_run(cfg.replace(scale=cfg.scale.replace(num_workers=0)), out)
+    cfg = cfg.replace(train=cfg.train.replace(epochs=12))  # cycle 1 trains for seconds, not one
     run_dir = (out / "faulty" / cfg.name).resolve()
     seen: dict = {}
 
     def remove_when_cycle_1_trains() -> None:
         deadline = time.time() + 300
-        while time.time() < deadline:
+        while time.time() < deadline:  # cycle 0 recorded: the group goes on to train cycle 1
             if (run_dir / "results.parquet").exists() and read_results(run_dir)["cycle"].to_pylist() == [0]:
                 break
-            time.sleep(0.2)
-        time.sleep(2.0)  # into cycle 1's training
+            time.sleep(0.1)
         seen["checkpoint_0_mtime"] = (run_dir / "checkpoints" / "cycle_000").stat().st_mtime
         victim = nodes.worker_ids[-1]
         nodes.remove(victim)

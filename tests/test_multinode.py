@@ -20,14 +20,31 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def scenarios(tmp_path_factory):
-    out = tmp_path_factory.mktemp("multinode")
+def start_scenarios(out: Path) -> subprocess.Popen:
+    """Start every scenario on a fresh three-node cluster, in a process of its own; its
+    output goes to ``out/scenarios.log``. The suite starts it when the session begins
+    (tests/conftest.py), so the cluster's minutes overlap the other tests, which mostly
+    wait on processes too."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])})
-    r = subprocess.run([sys.executable, str(HERE / "multinode_scenarios.py"), str(out)], env=env, cwd=out,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    log = open(out / "scenarios.log", "wb")
+    return subprocess.Popen([sys.executable, str(HERE / "multinode_scenarios.py"), str(out)], env=env, cwd=out,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def scenarios(request, tmp_path_factory):
+    started = getattr(request.config, "multinode_scenarios", None)
+    if started is None:  # this module alone: start them now
+        out = tmp_path_factory.mktemp("multinode")
+        started = (out, start_scenarios(out))
+    out, proc = started
+    try:
+        rc = proc.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        raise
+    assert rc == 0, (out / "scenarios.log").read_text(errors="replace")[-4000:]
 
     def result(name: str) -> dict:
         found = json.loads((out / f"{name}.json").read_text())
