@@ -87,7 +87,9 @@ def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, l
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
         return
     dashboard = os.environ.get(DASHBOARD_ENV, "1").strip() not in ("0", "false", "no")
-    options: dict[str, Any] = dict(num_cpus=num_cpus or default_num_cpus(), include_dashboard=dashboard,
+    # address="local": a new instance even when another runs on this machine (a `ray start`
+    # head, another job's), which ray.init() without an address would join.
+    options: dict[str, Any] = dict(address="local", num_cpus=num_cpus or default_num_cpus(), include_dashboard=dashboard,
                                    dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                                    log_to_driver=log_to_driver)
     with _loopback_node():

@@ -389,7 +389,7 @@ def test_local_ray_keeps_the_dashboard_on_localhost(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(runtime.DASHBOARD_ENV, raising=False)
     runtime.init_ray(num_cpus=2)
-    assert seen["dashboard_host"] == "127.0.0.1" and "address" not in seen
+    assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local", "a new instance, never another's"
     assert seen["include_dashboard"] is True, "on by default"
     # the instance's own address, known before it starts, is every one of its processes' RAY_ADDRESS
     assert seen["runtime_env"]["env_vars"]["RAY_ADDRESS"].endswith(f":{seen['gcs_port']}")
