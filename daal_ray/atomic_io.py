@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from daal_ray.errors import StorageError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_table", "atomic_write_text", "fsync_dir",
-           "storage_error"]
+           "storage_errors"]
 
 # What a full, read-only or forbidding file system says; each is fixed outside the program.
 _STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full", errno.EDQUOT: "the disk quota is used up",
@@ -31,18 +31,22 @@ _STORAGE_TEXTS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded"
                   "Read-only file system": errno.EROFS}
 
 
-def storage_error(exc: BaseException, path: Path) -> StorageError | None:
-    """A :class:`StorageError` naming ``path`` for an ``OSError`` a full, read-only or
-    forbidding file system raised (also through pyarrow, which keeps only the text), else None."""
-    if not isinstance(exc, OSError) or isinstance(exc, StorageError):
-        return None
-    code = exc.errno if exc.errno in _STORAGE_ERRNOS else next(
-        (c for text, c in _STORAGE_TEXTS.items() if text in str(exc)), None)
-    if code is None:
-        return None
-    return StorageError(code, f"cannot write {path}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}); the file it "
+@contextlib.contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """Raise an ``OSError`` of a full, read-only or forbidding file system (also through
+    pyarrow, which keeps only its text) as a :class:`StorageError` naming ``path``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        code = exc.errno if exc.errno in _STORAGE_ERRNOS else next(
+            (c for text, c in _STORAGE_TEXTS.items() if text in str(exc)), None)
+        if code is None:
+            raise
+        raise StorageError(code, f"cannot write {path}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}); the file it "
                               f"replaces is unchanged. Free space or make {path.parent} writable, then re-run the "
-                              f"same command: it resumes from the last committed state")
+                              f"same command: it resumes from the last committed state") from exc
 
 
 def fsync_dir(directory: Path) -> None:
@@ -75,25 +79,21 @@ def atomic_write(path: str | Path, keep_previous: bool = False) -> Iterator[Bina
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        if keep_previous and path.exists():
-            prev = path.with_name(path.name + ".prev")
-            prev_tmp = _tmp_path(prev)
-            try:
-                os.link(path, prev_tmp)
-            except OSError:  # file systems without hard links
-                shutil.copy2(path, prev_tmp)
-            os.replace(prev_tmp, prev)
-        os.replace(tmp, path)
-    except OSError as exc:
-        mapped = storage_error(exc, path)
-        if mapped is None:
-            raise
-        raise mapped from exc
+        with storage_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            if keep_previous and path.exists():
+                prev = path.with_name(path.name + ".prev")
+                prev_tmp = _tmp_path(prev)
+                try:
+                    os.link(path, prev_tmp)
+                except OSError:  # file systems without hard links
+                    shutil.copy2(path, prev_tmp)
+                os.replace(prev_tmp, prev)
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):  # a read-only file system keeps even the stray
             if tmp.exists():

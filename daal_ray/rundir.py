@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from daal_ray.atomic_io import atomic_write_text, storage_error
+from daal_ray.atomic_io import atomic_write_text, storage_errors
 from daal_ray.config import ExperimentConfig
 from daal_ray.errors import ConfigError, RunLockedError
 from daal_ray.pool import STATE_FILE
@@ -72,13 +72,8 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
         RunLockedError: naming the lock file and the pid that holds it.
     """
     path = run_dir / LOCK_FILE
-    try:
+    with storage_errors(path):
         fh = open(path, "a+")
-    except OSError as exc:
-        mapped = storage_error(exc, path)
-        if mapped is None:
-            raise
-        raise mapped from exc
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

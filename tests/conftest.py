@@ -10,6 +10,7 @@ without the ``ray`` mark fails.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -82,6 +83,4 @@ def pytest_sessionfinish(session):
     """Stop the scenarios' process if the session ends before it did (-x, Ctrl-C)."""
     started = getattr(session.config, "multinode_scenarios", None)
     if started is not None and started[1].poll() is None:
-        import signal
-
         os.killpg(started[1].pid, signal.SIGKILL)
