@@ -22,7 +22,7 @@ from daal_ray.tuning import plan_experiments
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Local Ray instances of the suite (and of the jobs it starts) run without the dashboard:
-# it costs start-up time and CPU on small machines. tests/test_cluster.py starts a head with it.
+# it costs start-up time and CPU on small machines. tests/test_cluster.py starts a cluster with it.
 os.environ.setdefault("DAAL_RAY_DASHBOARD", "0")
 
 
@@ -49,6 +49,10 @@ def tiny_config():
 
 
 def pytest_collection_modifyitems(config, items):
+    # The real three-node cluster of tests/test_cluster.py runs after the multi-node
+    # scenarios have finished (tests/test_multinode.py waits for them): two clusters of
+    # three nodes at once on a small machine slow each other down more than they overlap.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_cluster.py"))
     unmarked = [item.nodeid for item in items
                 if "ray_session" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None]
     if unmarked:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -21,18 +22,24 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from ray.cluster_utils import Cluster
 
 from daal_ray import cycle as cycle_mod
 from daal_ray import driver as driver_mod
+from daal_ray.acquisition import build_strategy
+from daal_ray.config import AcquisitionConfig, DataConfig, ScaleConfig
+from daal_ray.data import get_dataset
 from daal_ray.driver import NAMESPACE, driver_name
 from daal_ray.experiment import run_experiment
 from daal_ray.pool import PoolState
 from daal_ray.results import read_results
 from daal_ray.rundir import STATE_FILE
 from daal_ray.runtime import check_reachable_everywhere
-from daal_ray.tuning import plan_experiments
+from daal_ray.scoring import PoolPredictor, select_from_images, select_topk
+from daal_ray.tuning import experiment_complete, plan_experiments, run_sweep
 
 WORKER = {"num_cpus": 4, "resources": {"worker_node": 1}}
 logger = logging.getLogger("multinode")
@@ -65,10 +72,14 @@ class Nodes:
 
 
 def _config(strategy: str, seed: int, num_workers: int, **scale):
-    (cfg,) = plan_experiments(dataset="digits", strategies=[strategy], seeds=[seed],
-                              protocol={"initial_fraction": 0.05, "step_fraction": 0.05, "final_fraction": 0.10},
-                              train={"epochs": 3}, scale={"num_workers": num_workers, **scale})
+    (cfg,) = _configs(strategy, [seed], num_workers, **scale)
     return cfg
+
+
+def _configs(strategy: str, seeds: list[int], num_workers: int, **scale):
+    return plan_experiments(dataset="digits", strategies=[strategy], seeds=seeds,
+                            protocol={"initial_fraction": 0.05, "step_fraction": 0.05, "final_fraction": 0.10},
+                            train={"epochs": 3}, scale={"num_workers": num_workers, **scale})
 
 
 _CLEAN: dict[str, Path] = {}
@@ -184,6 +195,116 @@ def _train_restarts(run_dir: Path) -> int:
     return sum(p.read_text(errors="replace").count("a worker group of") for p in logs)
 
 
+def _wait_for(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.1)
+
+
+def scoring_node(nodes: Nodes, out: Path) -> dict:
+    """A node hosting one of two Ray Data scoring actors removed mid-scoring. The pool is
+    digits' id shards through the task model (``select_from_images``, the path ``daal-ray
+    score`` and the cycle's selection take) with K = every unlabeled id, so the merged top-K
+    must hold each unlabeled id exactly once (the merge refuses an id seen twice) with the
+    score the in-process predictor gives it. The scorer records each batch it starts (its
+    node and size) and waits a little per batch, so the removal lands mid-pass."""
+    import torch
+
+    from daal_ray.models import build_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = DataConfig()
+    ids = get_dataset(data).sample_ids("train")
+    labeled = ids[::10]
+    torch.manual_seed(0)
+    checkpoint = out / "model.pt"
+    torch.save(build_model("small_cnn", num_classes=10, in_channels=1).state_dict(), checkpoint)
+    shards = out / "ids"
+    shards.mkdir()
+    for i, part in enumerate(np.array_split(np.random.default_rng(0).permutation(ids), 8)):
+        pq.write_table(pa.table({"sample_id": part}), shards / f"part-{i}.parquet")
+    entropy = build_strategy(AcquisitionConfig(strategy="entropy"), seed=0, cycle=0)
+    k = ids.size - labeled.size
+
+    predictor = PoolPredictor(data.to_dict(), "small_cnn", 10, 1, str(checkpoint))
+    want_ids, want_scores, _ = select_topk(predictor({"sample_id": ids, "labeled": np.isin(ids, labeled)}), entropy, k)
+
+    started = out / "started"
+    started.mkdir()
+
+    class RecordingEntropy(type(entropy)):
+        def score(self, batch):
+            node = ray.get_runtime_context().get_node_id()
+            (started / f"{node}-{os.getpid()}-{time.monotonic_ns()}").write_text(str(len(batch["sample_id"])))
+            time.sleep(0.2)
+            return super().score(batch)
+
+    slow = RecordingEntropy.__new__(RecordingEntropy)
+    slow.__dict__.update(entropy.__dict__)
+    seen: dict = {}
+
+    def records() -> list[tuple[str, int]]:
+        """(node, rows) of every batch started so far, in the order they started."""
+        found = [(int(p.name.split("-")[2]), p.name.split("-")[0], p.read_text()) for p in started.iterdir()]
+        return [(node, int(rows)) for _, node, rows in sorted(found) if rows]
+
+    def remove_a_scoring_node() -> None:
+        _wait_for(lambda: len(records()) >= 4, "4 scored batches")
+        before = records()
+        victim = next(n for n, _ in before if n in nodes.worker_ids)
+        nodes.remove(victim)  # returns with every process of the node gone: nothing it starts after
+        seen.update(removed=victim, batches_before=len(records()), victim_batches=sum(n == victim for n, _ in before))
+
+    killer = threading.Thread(target=remove_a_scoring_node, daemon=True)
+    killer.start()
+    got = select_from_images(shards, slow, k, labeled, data=data, model_name="small_cnn", num_classes=10,
+                             in_channels=1, checkpoint=str(checkpoint),
+                             scale=ScaleConfig(inference_batch_size=32, inference_actors=2))
+    killer.join(5)
+    nodes.replace()
+    after = records()
+    return {"want_ids": want_ids.tolist(), "want_scores": want_scores.tolist(), "got_ids": got.ids.tolist(),
+            "got_scores": got.scores.tolist(), "num_unlabeled": int(k), **seen,
+            "rows_started": sum(n for _, n in after), "batches": len(after),
+            "nodes_after": sorted({n for n, _ in after[seen.get("batches_before", 0):]} if seen else [])}
+
+
+def sweep_trial_node(nodes: Nodes, out: Path) -> dict:
+    """A sweep of two trials, one at a time; once the first has finished and the second has
+    recorded its cycle 0, the node hosting the second trial's process is removed. Tune
+    retries that trial, which resumes its experiment from the committed cycle; the finished
+    trial is not run again. The second trial (random, seed 7) is compared with the
+    uninterrupted run the other scenarios share."""
+    first, second = _configs("random", [8, 7], num_workers=1)
+    first = first.replace(train=first.train.replace(epochs=1))  # it only has to finish
+    second = second.replace(train=second.train.replace(epochs=6))  # the removal lands before it ends
+    _clean_run(second.replace(scale=second.scale.replace(num_workers=0)), out)
+    root = (out / "faulty").resolve()
+    seen: dict = {}
+
+    def remove_the_second_trials_node() -> None:
+        second_dir = root / second.name
+        _wait_for(lambda: experiment_complete(first, root) and (second_dir / "results.parquet").exists()
+                  and read_results(second_dir)["cycle"].to_pylist() == [0], "the first trial done, the second at cycle 0")
+        seen["first_results_mtime"] = (root / first.name / "results.parquet").stat().st_mtime_ns
+        trials = [a for a in ray._private.state.actors().values()  # Tune's function trainables
+                  if a["State"] == "ALIVE" and "ImplicitFunc" in a.get("ActorClassName", "")]
+        victim = trials[0]["Address"]["NodeID"]
+        seen.update(removed=victim, trial_actors_alive=len(trials))
+        nodes.remove(victim)  # the retry runs on the node left; the replacement comes after
+
+    killer = threading.Thread(target=remove_the_second_trials_node, daemon=True)
+    killer.start()
+    run_sweep([first, second], root, sweep_name="multinode", concurrency=1)
+    killer.join(5)
+    return {"clean": _outcome(out / "clean", second), "faulty": _outcome(root, second, **seen),
+            "first_results_mtime_after": (root / first.name / "results.parquet").stat().st_mtime_ns,
+            "first_restarts": _train_restarts(root / first.name), "second_restarts": _train_restarts(root / second.name),
+            "first_cycles": read_results(root / first.name)["cycle"].to_pylist()}
+
+
 def storage_check(nodes: Nodes, out: Path) -> dict:
     """The run-directory check reaches every node of the cluster."""
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +312,8 @@ def storage_check(nodes: Nodes, out: Path) -> dict:
                                                                                   if n["Alive"]])}
 
 
-SCENARIOS = {"storage_check": storage_check, "aldriver_node": aldriver_node, "train_worker_node": train_worker_node}
+SCENARIOS = {"storage_check": storage_check, "aldriver_node": aldriver_node, "train_worker_node": train_worker_node,
+             "scoring_node": scoring_node, "sweep_trial_node": sweep_trial_node}
 
 
 def main(out_dir: str, names: list[str]) -> int:
@@ -199,6 +321,7 @@ def main(out_dir: str, names: list[str]) -> int:
     out = Path(out_dir)
     nodes = Nodes()
     for name in names or list(SCENARIOS):
+        nodes.replace()  # two worker nodes to start from (a no-op unless the last scenario ended short)
         t0 = time.perf_counter()
         try:
             result = SCENARIOS[name](nodes, out / name)

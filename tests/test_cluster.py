@@ -1,18 +1,24 @@
-"""The cluster path: cluster.yaml against Ray's own schema, and a real local Ray head with
-token authentication taking ``ray job submit`` of the Cityscapes job.
+"""The cluster path: cluster.yaml against Ray's own schema, and a real multi-node Ray
+cluster with token authentication taking ``ray job submit`` of the Cityscapes job.
 
-The head is started with ``ray start --head --block`` in its own session, on 127.0.0.1,
-with its own ports and temp dir, so it never touches another Ray instance on the machine;
-it is stopped by signalling its process group (never a bare ``ray stop``).
+The cluster is three real ``ray start --block`` processes on this machine, each in its own
+session: a head with no CPUs (it runs Ray's services and the jobs' drivers, as on a real
+cluster) and two worker nodes of 4 CPUs, which run the tasks and actors, Ray Train's
+workers among them. Every port of every node is chosen free, and the temp dir is the
+cluster's own, so it never touches another Ray instance on the machine; it is stopped by
+signalling the nodes' process groups (never a bare ``ray stop``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
 import os
+import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,8 +89,14 @@ def test_cluster_yaml_keeps_the_job_server_on_loopback_with_token_auth_and_insta
     assert "~/.ray/auth_token" in config["file_mounts"]
 
 
-# ------------------------------------------------------------------ a real head + ray job submit
+# ------------------------------------------------------------------ a real cluster + ray job submit
+WORKER_NODES = 2
+WORKER_NODE_CPUS = 4
+TRAIN_WORKER = "RayTrainWorker"  # the actor class of a Ray Train (V2) worker
+
+
 def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that are free right now (all held at once while they are picked)."""
     socks, ports = [], []
     for _ in range(n):
         s = socket.socket()
@@ -96,79 +108,172 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _worker_port_range() -> tuple[int, int]:
-    """A block of 200 ports that is free right now, for the head's workers."""
-    for base in range(21000, 30000, 200):
-        try:
-            socks = []
-            for p in range(base, base + 200):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base, base + 199
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    pytest.skip("no free block of worker ports")
+def _block_is_free(base: int, size: int) -> bool:
+    socks = []
+    try:
+        for p in range(base, base + size):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _worker_port_ranges(n: int, size: int = 200) -> list[tuple[int, int]]:
+    """``n`` disjoint blocks of ``size`` ports, each free right now: one per node, for its
+    workers. The blocks are tried in random order, so two clusters started at once on the
+    machine (another run of this module) are unlikely to pick the same one; none of them
+    overlaps the kernel's ephemeral range, where the nodes' own ports come from."""
+    bases = list(range(21000, 30000 - size + 1, size))
+    random.shuffle(bases)
+    blocks = [(b, b + size - 1) for b in bases if _block_is_free(b, size)][:n]
+    if len(blocks) < n:
+        pytest.skip(f"no {n} free blocks of worker ports")
+    return blocks
 
 
 class LocalHead:
-    """A ``ray start --head`` on 127.0.0.1 with token auth, in its own process group."""
+    """A real three-node Ray cluster on this machine, with token authentication.
+
+    Three ``ray start --block`` processes, each in its own process group: a head with
+    ``--num-cpus=0``, which (as on a real cluster) runs only Ray's services and the jobs'
+    drivers, and two worker nodes with 4 CPUs and a ``worker_node`` resource each, which
+    run every task and actor, the Ray Train workers among them. Every port of every node
+    (and a block of worker ports per node) is chosen here, free and distinct, and Ray's
+    temp dir is this cluster's own, so it collides neither with itself nor with another
+    Ray instance on the machine. The nodes are given 127.0.0.1 as their address (on
+    Linux, Ray announces the machine's address for it); the dashboard, which takes
+    ``ray job submit`` and answers the state API, listens on loopback only.
+    """
+
+    # A node's raylet waits 15 s (fixed in Ray) for its dashboard agent to start, and gives
+    # up; on a small, busy machine the agent's imports can take longer, so a node that
+    # exited is started again, and the nodes are started one at a time.
+    ATTEMPTS = 3
 
     def __init__(self) -> None:
         # A short temp dir: Ray's Unix socket paths must stay under ~100 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="drh-", dir="/tmp"))
         self.token = secrets.token_hex(32)
         (self.root / "token").write_text(self.token)
-        gcs, dash, client, agent_http, agent_grpc, metrics, env_agent, node_mgr, obj_mgr = _free_ports(9)
-        lo, hi = _worker_port_range()
+        ports = iter(_free_ports(9 + 6 * WORKER_NODES))
+        head_workers, *node_workers = _worker_port_ranges(1 + WORKER_NODES)
+        gcs, dash, client = next(ports), next(ports), next(ports)
+        self.gcs_address = f"127.0.0.1:{gcs}"
         self.address = f"http://127.0.0.1:{dash}"
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.root / "token"),
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.env.pop("RAY_AUTH_TOKEN", None)
         self.env.pop("RAY_ADDRESS", None)
-        cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-               f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
-               f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-               f"--runtime-env-agent-port={env_agent}", f"--node-manager-port={node_mgr}",
-               f"--object-manager-port={obj_mgr}", f"--min-worker-port={lo}", f"--max-worker-port={hi}",
-               "--num-cpus=8", f"--temp-dir={self.root / 'r'}", "--disable-usage-stats"]
-        self.log = open(self.root / "head.log", "wb")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self._wait_ready(timeout=120)
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        try:
+            self._start_node("head", [
+                "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                "--include-dashboard=true", f"--ray-client-server-port={client}", "--num-cpus=0",
+                f"--temp-dir={self.root / 'r'}", *self._node_ports(ports, head_workers)])
+            # A worker node joins the head's session (its temp dir), read from the GCS.
+            for i, workers in enumerate(node_workers):
+                self._start_node(f"worker{i}", [
+                    f"--address={self.gcs_address}", f"--num-cpus={WORKER_NODE_CPUS}",
+                    '--resources={"worker_node": 1}', *self._node_ports(ports, workers)])
+            self._wait_for_nodes(1 + WORKER_NODES, timeout=120)
+        except BaseException:
+            self.stop()
+            raise
 
-    def _wait_ready(self, timeout: float) -> None:
+    @staticmethod
+    def _node_ports(ports, workers: tuple[int, int]) -> list[str]:
+        """A node's own ports: taken from ``ports``, so no two nodes share one."""
+        return [f"--node-manager-port={next(ports)}", f"--object-manager-port={next(ports)}",
+                f"--metrics-export-port={next(ports)}", f"--dashboard-agent-listen-port={next(ports)}",
+                f"--dashboard-agent-grpc-port={next(ports)}", f"--runtime-env-agent-port={next(ports)}",
+                f"--min-worker-port={workers[0]}", f"--max-worker-port={workers[1]}"]
+
+    def _start_node(self, name: str, args: list[str]) -> None:
+        """Start one node: return once its ``ray start`` says it runs (its raylet is
+        registered with the GCS), start it again if it exited before."""
+        log = self.root / f"{name}.log"
+        self.logs.append(log)
+        for _ in range(self.ATTEMPTS):
+            offset = log.stat().st_size if log.exists() else 0
+            with open(log, "ab") as out:  # the child holds its own copy
+                proc = subprocess.Popen(
+                    [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
+                    env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs.append(proc)
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline:
+                with open(log, "rb") as f:
+                    f.seek(offset)
+                    if b"Ray runtime started." in f.read():
+                        return
+                time.sleep(0.5)
+            self._kill([proc])  # what is left of it (its agents), before its ports are used again
+            self.procs.remove(proc)
+        raise RuntimeError(f"{name} did not start in {self.ATTEMPTS} attempts:\n{self._log_tails()}")
+
+    def _log_tails(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}" for log in self.logs)
+
+    def _wait_for_nodes(self, n: int, timeout: float) -> None:
+        """Until the state API (through the dashboard, with the token) reports ``n`` alive nodes."""
         deadline = time.time() + timeout
+        alive: list = []
         while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.root / 'head.log').read_text()[-3000:]}")
-            r = subprocess.run([RAY, "job", "list", "--address", self.address], env=self.env,
-                               capture_output=True, text=True, timeout=60)
-            if r.returncode == 0:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a node of the cluster exited:\n{self._log_tails()}")
+            try:
+                alive = self.state("nodes", "state=ALIVE", timeout=30)
+            except (RuntimeError, ValueError, subprocess.TimeoutExpired):  # the dashboard is not up yet
+                alive = []
+            if len(alive) >= n:
                 return
             time.sleep(2)
-        raise RuntimeError(f"the head did not come up: {(self.root / 'head.log').read_text()[-3000:]}")
+        raise RuntimeError(f"the cluster did not reach {n} alive nodes ({len(alive)}):\n{self._log_tails()}")
 
-    def submit(self, *entrypoint: str, env: dict | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
-        return subprocess.run([RAY, "job", "submit", "--address", self.address, "--working-dir", str(REPO), "--",
-                               *entrypoint], env=env or self.env, cwd=REPO, capture_output=True, text=True,
+    def state(self, kind: str, *filters: str, timeout: float = 60) -> list[dict]:
+        """``ray list KIND --detail`` of this cluster, as dicts (dead entries included unless filtered)."""
+        cmd = [RAY, "list", kind, "--address", self.address, "--format", "json", "--detail", "--limit", "10000"]
+        for f in filters:
+            cmd += ["--filter", f]
+        r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"ray list {kind} failed: {(r.stdout + r.stderr)[-2000:]}")
+        return json.loads(r.stdout)
+
+    def submit(self, *entrypoint: str, env: dict | None = None, submission_id: str | None = None,
+               timeout: float = 400) -> subprocess.CompletedProcess:
+        ids = ["--submission-id", submission_id] if submission_id else []
+        return subprocess.run([RAY, "job", "submit", "--address", self.address, "--working-dir", str(REPO), *ids,
+                               "--", *entrypoint], env=env or self.env, cwd=REPO, capture_output=True, text=True,
                               timeout=timeout)
 
+    @staticmethod
+    def _kill(procs: list[subprocess.Popen]) -> None:
+        """SIGTERM to each process group, then SIGKILL to whatever ignored it."""
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever ignored SIGTERM
-        except ProcessLookupError:
-            pass
-        self.log.close()
+        """Signal every node's process group (never a bare ``ray stop``, which would stop
+        every Ray instance on the machine), then remove the cluster's temp dir."""
+        self._kill(self.procs)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +288,12 @@ def local_head():
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_cityscapes_smoke_test_to_success(local_head, tmp_path):
     """The smoke test (DAAL on a generated fixture in the official layout, 2 Ray Train workers
-    under DDP) submitted to the head: it succeeds and its results and pool state are right."""
+    under DDP, spread across nodes) submitted to the cluster: it succeeds, its results and
+    pool state are right, and its two Train workers ran one on each worker node."""
     run_dir = tmp_path / "runs"
-    r = local_head.submit("python", "jobs/cityscapes.py", "--smoke-test", "--run-dir", str(run_dir),
-                          "--num-workers", "2")
+    submission_id = f"cityscapes-smoke-{secrets.token_hex(4)}"
+    r = local_head.submit("python", "jobs/cityscapes.py", "--smoke-test", "--num-workers", "2",
+                          "--placement-strategy", "SPREAD", "--run-dir", str(run_dir), submission_id=submission_id)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "succeeded" in out.lower()
@@ -212,6 +319,15 @@ def test_ray_job_submit_runs_the_cityscapes_smoke_test_to_success(local_head, tm
     assert 0.0 <= rows[0]["batch_class_entropy"] <= 1.0  # the selected mask's class composition
     state = PoolState.load(run_dir / "cityscapes-daal-seed0" / "pool_state.parquet")
     assert state.labeled_ids().size == 3 and set(state.ids_of_cycle(1)).isdisjoint(state.ids_of_cycle(0))
+    # Where the Train workers ran, from the cluster's state API: SPREAD reached Ray Train's
+    # placement group (PACK would put both on one node), and the head, with no CPUs, took none.
+    (job,) = local_head.state("jobs", f"submission_id={submission_id}")
+    workers = local_head.state("actors", f"class_name={TRAIN_WORKER}", f"job_id={job['job_id']}")
+    worker_nodes = {n["node_id"] for n in local_head.state("nodes", "state=ALIVE")
+                    if n["resources_total"].get("worker_node")}
+    assert len(worker_nodes) == WORKER_NODES
+    assert len(workers) == 2, workers  # one worker group of 2 for the run
+    assert {w["node_id"] for w in workers} == worker_nodes, (workers, worker_nodes)
 
 
 @pytest.mark.slow
@@ -241,7 +357,7 @@ def test_ray_job_submit_without_the_token_is_refused(local_head, auth):
 
 @pytest.mark.slow
 def test_a_local_instance_started_next_to_another_cluster_finds_itself(local_head, tmp_path):
-    """Two Ray instances on one machine (the head above and the one ``init_ray`` starts):
+    """Two Ray instances on one machine (the cluster above and the one ``init_ray`` starts):
     a process of the new instance that looks its cluster up without an address (as Ray
     Train's placement-group cleaner does through the state API) finds its own, where the
     lookup would otherwise fail with 'Found multiple active Ray instances'."""

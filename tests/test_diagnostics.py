@@ -63,7 +63,10 @@ def test_batch_redundancy_matches_brute_force_over_chunks(tmp_path, tiny_config)
     got = batch_redundancy(cfg, ds, ids, tmp_path / "model.pt")
     with torch.no_grad():
         feats = model.forward_features(ds.images("train", ids))[0].double().numpy()
-    assert got["batch_cosine"] == pytest.approx(_brute_cosine(feats), abs=1e-9)
+    # The features are float32, and the model's kernels may sum in another order for a chunk
+    # of 4 than for all 11 at once (~1e-9 apart here): equal to float32 precision. A chunk
+    # lost or counted twice moves the mean by far more (its pairs are a third of them).
+    assert got["batch_cosine"] == pytest.approx(_brute_cosine(feats), abs=1e-6)
     labels = ds.targets("train", ids)
     p = np.bincount(labels, minlength=10) / labels.size
     p = p[p > 0]

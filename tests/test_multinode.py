@@ -90,3 +90,30 @@ def test_a_train_worker_node_lost_mid_training_restarts_the_group_from_the_check
     assert faulty["restarts"] == 2, "Ray Train started the worker group a second time, on the nodes left"
     assert not faulty["checkpoint_0_retrained"], "cycle 0's model was reused from its checkpoint"
     _same_outcome(found["clean"], faulty)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_scoring_node_lost_mid_pass_scores_every_unlabeled_id_exactly_once(scenarios):
+    found = scenarios("scoring_node")
+    assert found["victim_batches"] >= 1, "the removed node was scoring when it went"
+    assert found["removed"] not in found["nodes_after"] and found["nodes_after"], "the pass went on elsewhere"
+    # K = every unlabeled id: the merged top-K holds each exactly once (the merge refuses
+    # an id reaching it twice), with the in-process predictor's scores, in its order.
+    assert len(found["got_ids"]) == len(set(found["got_ids"])) == found["num_unlabeled"]
+    assert found["got_ids"] == found["want_ids"]
+    assert found["got_scores"] == pytest.approx(found["want_scores"], rel=1e-5)
+    assert found["rows_started"] >= found["num_unlabeled"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_sweep_trial_whose_node_is_lost_is_retried_and_finished_trials_are_not_redone(scenarios):
+    found = scenarios("sweep_trial_node")
+    faulty = found["faulty"]
+    assert faulty["removed"] and faulty["trial_actors_alive"] == 1, "the node of the one running trial was removed"
+    assert found["second_restarts"] >= 2, "the lost trial ran again (a second worker group)"
+    _same_outcome(found["clean"], faulty)
+    # The trial that had finished: neither rerun nor rewritten.
+    assert found["first_restarts"] == 1 and found["first_cycles"] == [0, 1]
+    assert found["first_results_mtime_after"] == faulty["first_results_mtime"]
