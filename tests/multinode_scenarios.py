@@ -154,6 +154,18 @@ def aldriver_node(nodes: Nodes, out: Path) -> dict:
     return {"clean": _outcome(out / "clean", cfg), "faulty": _outcome(out / "faulty", cfg, removed=removed)}
 
 
+def _wait_for(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.1)
+
+
+def _recorded_cycles(run_dir: Path) -> list[int]:
+    return read_results(run_dir)["cycle"].to_pylist() if (run_dir / "results.parquet").exists() else []
+
+
 def train_worker_node(nodes: Nodes, out: Path) -> dict:
     """The node hosting one of two Ray Train workers (spread over the two worker nodes)
     removed while cycle 1 trains: the group restarts on what is left, from the last
@@ -167,11 +179,8 @@ def train_worker_node(nodes: Nodes, out: Path) -> dict:
     seen: dict = {}
 
     def remove_when_cycle_1_trains() -> None:
-        deadline = time.time() + 300
-        while time.time() < deadline:  # cycle 0 recorded: the group goes on to train cycle 1
-            if (run_dir / "results.parquet").exists() and read_results(run_dir)["cycle"].to_pylist() == [0]:
-                break
-            time.sleep(0.1)
+        # cycle 0 recorded: the group goes on to train cycle 1
+        _wait_for(lambda: _recorded_cycles(run_dir) == [0], "cycle 0 recorded")
         seen["checkpoint_0_mtime"] = (run_dir / "checkpoints" / "cycle_000").stat().st_mtime
         victim = nodes.worker_ids[-1]
         nodes.remove(victim)
@@ -193,14 +202,6 @@ def _train_restarts(run_dir: Path) -> int:
     """How many times Ray Train started a worker group for the run (from its worker logs)."""
     logs = list(run_dir.glob("worker-rank0.log*"))
     return sum(p.read_text(errors="replace").count("a worker group of") for p in logs)
-
-
-def _wait_for(condition, what: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
-        time.sleep(0.1)
 
 
 def scoring_node(nodes: Nodes, out: Path) -> dict:
@@ -245,17 +246,19 @@ def scoring_node(nodes: Nodes, out: Path) -> dict:
     slow.__dict__.update(entropy.__dict__)
     seen: dict = {}
 
-    def records() -> list[tuple[str, int]]:
-        """(node, rows) of every batch started so far, in the order they started."""
+    def records() -> list[tuple[int, str, int]]:
+        """(start time, node, rows) of every batch started so far (a file still empty, being
+        written, is left for the next look)."""
         found = [(int(p.name.split("-")[2]), p.name.split("-")[0], p.read_text()) for p in started.iterdir()]
-        return [(node, int(rows)) for _, node, rows in sorted(found) if rows]
+        return [(t, node, int(rows)) for t, node, rows in sorted(found) if rows]
 
     def remove_a_scoring_node() -> None:
         _wait_for(lambda: len(records()) >= 4, "4 scored batches")
         before = records()
-        victim = next(n for n, _ in before if n in nodes.worker_ids)
-        nodes.remove(victim)  # returns with every process of the node gone: nothing it starts after
-        seen.update(removed=victim, batches_before=len(records()), victim_batches=sum(n == victim for n, _ in before))
+        victim = next(n for _, n, _ in before if n in nodes.worker_ids)
+        nodes.remove(victim)  # its raylet killed; its worker processes go when they see it gone
+        seen.update(removed=victim, removed_at=time.monotonic_ns(),
+                    victim_batches=sum(n == victim for _, n, _ in before))
 
     killer = threading.Thread(target=remove_a_scoring_node, daemon=True)
     killer.start()
@@ -267,8 +270,8 @@ def scoring_node(nodes: Nodes, out: Path) -> dict:
     after = records()
     return {"want_ids": want_ids.tolist(), "want_scores": want_scores.tolist(), "got_ids": got.ids.tolist(),
             "got_scores": got.scores.tolist(), "num_unlabeled": int(k), **seen,
-            "rows_started": sum(n for _, n in after), "batches": len(after),
-            "nodes_after": sorted({n for n, _ in after[seen.get("batches_before", 0):]} if seen else [])}
+            "rows_started": sum(n for _, _, n in after), "batches": len(after),
+            "nodes_after": sorted({n for t, n, _ in after if t > seen.get("removed_at", t)})}
 
 
 def sweep_trial_node(nodes: Nodes, out: Path) -> dict:
@@ -286,8 +289,8 @@ def sweep_trial_node(nodes: Nodes, out: Path) -> dict:
 
     def remove_the_second_trials_node() -> None:
         second_dir = root / second.name
-        _wait_for(lambda: experiment_complete(first, root) and (second_dir / "results.parquet").exists()
-                  and read_results(second_dir)["cycle"].to_pylist() == [0], "the first trial done, the second at cycle 0")
+        _wait_for(lambda: experiment_complete(first, root) and _recorded_cycles(second_dir) == [0],
+                  "the first trial done, the second at cycle 0")
         seen["first_results_mtime"] = (root / first.name / "results.parquet").stat().st_mtime_ns
         trials = [a for a in ray._private.state.actors().values()  # Tune's function trainables
                   if a["State"] == "ALIVE" and "ImplicitFunc" in a.get("ActorClassName", "")]

@@ -97,7 +97,9 @@ def test_a_train_worker_node_lost_mid_training_restarts_the_group_from_the_check
 def test_a_scoring_node_lost_mid_pass_scores_every_unlabeled_id_exactly_once(scenarios):
     found = scenarios("scoring_node")
     assert found["victim_batches"] >= 1, "the removed node was scoring when it went"
-    assert found["removed"] not in found["nodes_after"] and found["nodes_after"], "the pass went on elsewhere"
+    # A worker process of the removed node can start one more batch before it sees its raylet
+    # gone (its result is lost with it); the pass itself must go on on another node.
+    assert set(found["nodes_after"]) - {found["removed"]}, "the pass went on elsewhere"
     # K = every unlabeled id: the merged top-K holds each exactly once (the merge refuses
     # an id reaching it twice), with the in-process predictor's scores, in its order.
     assert len(found["got_ids"]) == len(set(found["got_ids"])) == found["num_unlabeled"]
