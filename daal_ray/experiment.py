@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,35 @@ from daal_ray.rundir import hold_run_dir, prepare_run_dir, run_id_of
 from daal_ray.runtime import check_reachable_everywhere, fit_concurrency
 
 __all__ = ["run_experiment", "run_experiment_group", "run_on_worker_group"]
+
+logger = logging.getLogger(__name__)
+
+# Ray Train's record of the checkpoints a run reported, in the run's storage folder.
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def set_aside_torn_train_snapshot(storage: Path) -> Path | None:
+    """Move Ray Train's snapshot in ``storage`` aside if it does not parse; return where.
+
+    A fit of a run name that has a snapshot loads it, and an empty or cut-short one (its
+    node or process lost while Ray Train wrote it, which it does in place) fails the fit in
+    ``TrainController.__init__``, so the run could never resume. The project does not
+    resume from Ray Train's snapshot (the cycle loop resumes from the run directory's pool
+    state and cycle checkpoints), so a torn one is kept as ``<name>.torn-<unix time>`` and
+    the fit starts Ray Train's record afresh.
+    """
+    snapshot = storage / TRAIN_SNAPSHOT
+    try:
+        json.loads(snapshot.read_bytes())
+        return None
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        torn = snapshot.with_name(f"{snapshot.name}.torn-{int(time.time())}")
+        os.replace(snapshot, torn)
+        logger.warning("Ray Train's snapshot %s is torn (%s), as a node or process lost while writing it leaves "
+                       "it; the run resumes from its own state, and the torn file is kept as %s", snapshot, exc, torn)
+        return torn
 
 
 def run_on_worker_group(loop: Any, loop_config: dict[str, Any], scale: Any, storage: Path) -> None:
@@ -56,6 +87,7 @@ def run_on_worker_group(loop: Any, loop_config: dict[str, Any], scale: Any, stor
                                        failure_config=ray.train.FailureConfig(max_failures=2)),
         torch_config=TorchConfig(backend="nccl" if scale.use_gpu else "gloo", timeout_s=3600),
     )
+    set_aside_torn_train_snapshot(storage)
     try:
         trainer.fit()
     except Exception as exc:

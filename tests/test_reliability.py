@@ -8,6 +8,7 @@ the same seed, the full sort of the scores, the previous state generation.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from daal_ray.data import get_dataset
 from daal_ray.data.base import DATASETS, InMemoryDataset
 from daal_ray.driver import driver_name, start_driver
 from daal_ray.errors import ConfigError, DataError, PoolStateError, RunLockedError
-from daal_ray.experiment import run_experiment
+from daal_ray.experiment import TRAIN_SNAPSHOT, run_experiment, run_on_worker_group, set_aside_torn_train_snapshot
 from daal_ray.pool import PoolState, load_last_good
 from daal_ray.rundir import STATE_FILE, hold_run_dir
 from daal_ray.scoring import select_topk
@@ -41,7 +42,7 @@ _KILLED_JOB = """
 import json, os, signal, sys
 import daal_ray.cycle as d
 from daal_ray.config import ExperimentConfig
-from daal_ray.experiment import run_experiment
+from daal_ray.experiment import TRAIN_SNAPSHOT, run_experiment, run_on_worker_group, set_aside_torn_train_snapshot
 from daal_ray.runtime import init_ray
 
 init_ray()
@@ -248,6 +249,45 @@ def test_a_foreign_state_is_not_mistaken_for_a_torn_one(tmp_path):
     with pytest.raises(PoolStateError, match="belongs to run 'r'"):
         load_last_good(path, run_id="another")
     assert not list(tmp_path.glob("*.torn-*"))
+
+
+@pytest.mark.parametrize("content", [b"", b'{"checkpoint_results": [{"metr'])
+def test_a_torn_ray_train_snapshot_is_set_aside_and_a_good_one_kept(tmp_path, caplog, content):
+    snapshot = tmp_path / TRAIN_SNAPSHOT
+    assert set_aside_torn_train_snapshot(tmp_path) is None, "no snapshot yet: nothing to do"
+    snapshot.write_text('{"checkpoint_results": []}')
+    assert set_aside_torn_train_snapshot(tmp_path) is None and snapshot.is_file()
+    snapshot.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="daal_ray.experiment"):
+        torn = set_aside_torn_train_snapshot(tmp_path)
+    assert torn is not None and torn.read_bytes() == content and not snapshot.exists()
+    assert str(snapshot) in caplog.text and str(torn) in caplog.text
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_worker_group_starts_on_a_ray_train_snapshot_torn_by_a_lost_node(ray_session, tmp_path):
+    """A node lost while Ray Train wrote its checkpoint snapshot leaves it empty; the next
+    fit of that run (a Tune retry, a re-run) loaded it and died in TrainController.__init__.
+    It is set aside, and the fit runs and writes Ray Train's record afresh."""
+
+    def report_a_checkpoint(config):  # nested: pickled by value for the worker
+        import tempfile
+
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "weights").write_text("1")
+            ray.train.report({"step": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    storage = tmp_path / "ray_train" / "train"
+    storage.mkdir(parents=True)
+    (storage / TRAIN_SNAPSHOT).write_bytes(b"")
+    run_on_worker_group(report_a_checkpoint, {}, ScaleConfig(num_workers=1), storage)
+    torn = list(storage.glob(f"{TRAIN_SNAPSHOT}.torn-*"))
+    assert len(torn) == 1 and torn[0].read_bytes() == b""
+    fresh = json.loads((storage / TRAIN_SNAPSHOT).read_bytes())
+    assert len(fresh["checkpoint_results"]) == 1, fresh
 
 
 @pytest.mark.ray
