@@ -8,9 +8,15 @@ under several settings in one process, one after another, on one Ray instance:
 * ``sequential``: one experiment at a time, so step times are not inflated by contention;
 * ``sequential-tasks``: the same with ``inference_compute=tasks``;
 * ``grouped-tasks``: one experiment at a time in ONE Ray Train worker group (no Tune
-  trial per experiment), task inference: what ``jobs/digits.py`` does by default;
+  trial per experiment), task inference (``jobs/digits.py --concurrency 1``);
+* ``lanes-tasks``: two lanes at once, each ONE worker group running half the experiments
+  one after another, task inference: what ``jobs/digits.py`` does by default on 2 cores
+  (one lane per core);
 * ``job``: ``python jobs/digits.py`` itself, as a user runs it (its own Ray start-up and
   defaults), timed from outside; the step sums come from its results file.
+
+Every setting runs the same experiments with the same seeds, so each must end with the same
+final metric per experiment; the script checks that and says so.
 
 Orchestration is everything that is not compute: Ray start-up, the Train worker group's
 start-up, Ray Data scheduling and actor start-up, Tune trial start-up, ALDriver round trips.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -51,8 +58,10 @@ SETTINGS = {  # scale fields, and whether the experiments share one worker group
     "sequential": (dict(trial_concurrency=1, inference_compute="actors"), False),
     "sequential-tasks": (dict(trial_concurrency=1, inference_compute="tasks"), False),
     "grouped-tasks": (dict(trial_concurrency=1, inference_compute="tasks"), True),
-    "job": (dict(trial_concurrency=1, inference_compute="tasks"), True),  # run as its own process
+    "lanes-tasks": (dict(trial_concurrency=2, inference_compute="tasks"), True),
+    "job": (dict(trial_concurrency=1, inference_compute="tasks"), True),  # its own process, its own defaults
 }
+LANES = {"lanes-tasks": 2, "job": os.cpu_count() or 1}  # worker groups at once (jobs/digits.py: one per core)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -151,11 +160,16 @@ def report(ray_init_s: float, results: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s = r["steps"]
-        share = "n/a (overlapped)" if r["setting"] == "concurrent" else f"{1 - r['compute_s'] / r['wall_s']:.0%}"
+        lanes = LANES.get(r["setting"], 1)
+        # lanes at once: the share of the lanes' time (lanes x wall) that is not compute
+        share = "n/a (overlapped)" if r["setting"] == "concurrent" else f"{1 - r['compute_s'] / (lanes * r['wall_s']):.0%}"
         # (the job setting's wall includes its own Ray start-up and the final report)
         print(f"| {r['setting']} | {r['experiments']} | {r['wall_s']:.1f} | {r['experiment_s']:.1f} | "
               f"{r['compute_s']:.1f} | {share} | {s['train_s']:.1f} | {s['acq_fit_s']:.1f} | {s['startup_s']:.1f} | "
               f"{s['features_s']:.1f} | {s['scoring_s']:.1f} | {s['overhead_s']:.1f} |")
+    finals = {r["setting"]: r["metric_at_end"] for r in results}
+    same = all(f == next(iter(finals.values())) for f in finals.values())
+    print("\nfinal metric per experiment: " + ("the same in every setting" if same else f"DIFFERS: {finals}"))
     per_cycle = {r["setting"]: {k: v / r["cycles"] for k, v in r["steps"].items()} for r in results}
     print("\nper cycle (mean over every experiment's cycles, seconds):")
     for name, d in per_cycle.items():

@@ -77,6 +77,8 @@ def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, l
     """
     if ray.is_initialized():
         return
+    if not log_to_driver:
+        route_raylet_messages()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # An instance of this machine alone (started here, below) is joined at loopback only
@@ -106,6 +108,32 @@ def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, l
                 os.environ.pop(GCS_PORT_ENV, None)
             else:
                 os.environ[GCS_PORT_ENV] = previous
+
+
+def route_raylet_messages() -> None:
+    """Send what the raylets push to this driver (e.g. "N PYTHON worker processes have been
+    started ... the maximum expected startup concurrency") to the ``ray.raylet`` logger.
+
+    Ray prints those straight to stdout from a thread of the driver, whatever
+    ``log_to_driver`` says. As records, a job's console leaves them out unless ``--verbose``
+    (they are warnings, not errors) and the run's log file keeps them. Every other message
+    Ray prints as before. Idempotent.
+    """
+    worker = ray._private.worker
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_daal_ray_routed", False):
+        return
+    raylet_logger = logging.getLogger("ray.raylet")
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", ()):
+            raylet_logger.warning("%s", line)
+        return None
+
+    print_to_stdstream._daal_ray_routed = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
 
 
 LOOPBACK = "127.0.0.1"

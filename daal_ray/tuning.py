@@ -302,29 +302,67 @@ def _quiet_tune_output() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+def worker_group_lanes(configs: Sequence[ExperimentConfig], lanes: int) -> list[list[ExperimentConfig]]:
+    """``configs`` dealt round-robin into at most ``lanes`` lists, each run in order by one
+    worker group. In the planned order (strategy by strategy, seeds within), each lane gets
+    one seed of every strategy, so lanes of a strategy grid carry about equal work."""
+    n = max(1, min(lanes, len(configs)))
+    return [list(configs[i::n]) for i in range(n)]
+
+
 def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",
                     concurrency: int = 0, share_worker_group: Optional[bool] = None) -> pa.Table:
     """Run every config under ``run_root``; return all results combined.
 
-    With ``share_worker_group`` (default: when ``concurrency=1``) the experiments run one
-    after another in one Ray Train worker group (:func:`daal_ray.experiment.run_experiment_group`),
-    which pays the group's start-up once. Otherwise each is a Tune trial, run in parallel as resources allow; if a trial
-    fails, the first error is raised (unwrapped to the message that names the fix) after the
-    others finish. The combined table is also written to ``run_root/results.parquet``.
+    With ``share_worker_group`` (default: when ``concurrency`` >= 1) the experiments run in
+    ``concurrency`` lanes at once, each lane one Ray Train worker group that runs its
+    experiments one after another (:func:`worker_group_lanes`,
+    :func:`daal_ray.experiment.run_experiment_group`): a group's start-up is paid once per
+    lane, not once per experiment. Otherwise (``concurrency=0``: as resources allow) each
+    experiment is a Tune trial of its own. If an experiment fails, the first error is raised
+    (unwrapped to the message that names the fix) after the others finish; a lane stops at
+    its failed experiment and a re-run resumes it. The combined table is also written to
+    ``run_root/results.parquet``.
     """
     preflight(configs)
     run_root = Path(run_root).resolve()
     run_root.mkdir(parents=True, exist_ok=True)
     if share_worker_group is None:
-        share_worker_group = concurrency == 1
+        share_worker_group = concurrency >= 1
     if share_worker_group:
-        run_experiment_group(list(configs), run_root)
-        return combine([run_root / c.name / RESULTS_FILE for c in configs], run_root / RESULTS_FILE)
-    errors = _tune(configs, run_root, sweep_name, concurrency)
+        errors = _run_lanes(worker_group_lanes(configs, concurrency or 1), run_root)
+    else:
+        errors = _tune(configs, run_root, sweep_name, concurrency)
     table = combine([run_root / c.name / RESULTS_FILE for c in configs], run_root / RESULTS_FILE)
     if errors:
         raise errors[0]
     return table
+
+
+def _run_lanes(lanes: list[list[ExperimentConfig]], run_root: Path) -> list[BaseException]:
+    """Each lane's worker group, all at once (one thread each, waiting on its group);
+    returns the lanes' errors. One lane runs in this thread."""
+    if len(lanes) == 1:
+        run_experiment_group(lanes[0], run_root)
+        return []
+    # The groups run at once: the cluster must hold all of them (with the pool scoring each
+    # one's loop starts), or the last would wait forever.
+    fit_concurrency(lanes[0][0].scale, len(lanes), what=f"{len(lanes)} worker groups at once")
+    errors: list[BaseException] = []
+
+    def lane(configs: list[ExperimentConfig]) -> None:
+        try:
+            run_experiment_group(configs, run_root)
+        except BaseException as exc:  # raised by the caller once every lane is done
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lane, args=(group,), name=f"lane-{i}", daemon=True)
+               for i, group in enumerate(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def run_sweep(configs: Sequence[ExperimentConfig], run_root: str | Path, *, sweep_name: str = "sweep",

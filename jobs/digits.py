@@ -6,13 +6,14 @@ at each labeled fraction per strategy and writes ``runs/digits/learning_curve.pn
 
     python jobs/digits.py
     python jobs/digits.py --strategies random,entropy --seeds 3 --num-workers 2
-    python jobs/digits.py --concurrency 4 --inference-compute actors   # on a bigger machine
+    python jobs/digits.py --concurrency 1                        # one worker group, one experiment at a time
     ray job submit --working-dir . -- python jobs/digits.py     # on a running cluster
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from daal_ray.acquisition import strategy_names
@@ -29,10 +30,11 @@ def main(argv=None) -> int:
     parser.add_argument("--daal-epochs", type=int, default=40,
                         help="DAAL training epochs per cycle (default: 40, ~440 steps on this pool: "
                              "DAAL's VAE needs a few hundred steps, see BENCHMARKS.md)")
-    # Measured in BENCHMARKS.md on 2 cores: one experiment at a time (sharing one worker group)
-    # with task inference is the fastest setting for this small pool: no actor start-up per
-    # cycle, no worker-group start-up per experiment, no contention for the two cores.
-    parser.set_defaults(concurrency=1, inference_compute="tasks")
+    # Measured in BENCHMARKS.md on 2 cores: one lane of experiments per core, each lane one
+    # worker group running its experiments one after another, with task inference, is the
+    # fastest setting for this small pool: no actor start-up per cycle, one worker-group
+    # start-up per lane, and every core busy (a worker trains on one thread).
+    parser.set_defaults(concurrency=os.cpu_count() or 1, inference_compute="tasks")
     parser.add_argument("--smoke-test", action="store_true", help="1 seed, 2 cycles, 3 epochs: a quick check")
     args = parser.parse_args(argv)
     if args.smoke_test:

@@ -221,22 +221,23 @@ def test_daal_trains_on_two_ranks_and_selects(ray_session, tiny_config, tmp_path
     assert ckpt["epoch"] == 2
 
 
-def test_sequential_experiments_share_one_worker_group(ray_session, tiny_config, tmp_path):
-    """concurrency=1 runs every experiment in one worker group: the start-up is paid once,
-    and each experiment still has its own run directory and pool state."""
-    configs = [tiny_config(s, seed=0, num_workers=1, final_fraction=0.10) for s in ("random", "entropy")]
-    table = run_experiments(configs, tmp_path, concurrency=1)
+def test_lanes_of_experiments_share_one_worker_group_each(ray_session, tiny_config, tmp_path):
+    """concurrency=2 runs the experiments in two lanes at once, each lane one worker group:
+    in each lane only its first experiment pays the start-up, and every experiment still has
+    its own run directory and pool state."""
+    configs = [tiny_config(s, seed=seed, num_workers=1, final_fraction=0.10)
+               for s, seed in (("random", 0), ("random", 1), ("entropy", 0))]
+    table = run_experiments(configs, tmp_path, concurrency=2)
     rows = table.to_pylist()
     assert sorted({r["experiment"] for r in rows}) == sorted(c.name for c in configs)
-    first_rows = {r["experiment"]: r for r in rows if r["cycle"] == 0}
-    startups = sorted(r["startup_s"] for r in first_rows.values())
-    assert startups[0] < 1.0 < startups[1], startups  # only the first experiment paid the start-up
-    for cfg in configs:
-        state = _state(tmp_path, cfg)
-        assert state.next_cycle == 2
-    a, b = (_state(tmp_path, c) for c in configs)
+    startup = {r["experiment"]: r["startup_s"] for r in rows if r["cycle"] == 0}
+    for cfg in configs:  # lanes: random-0 (pays the start-up) then entropy-0; random-1 (pays it)
+        paid = cfg.acquisition.strategy == "random"
+        assert (startup[cfg.name] > 1.0) == paid, startup
+        assert _state(tmp_path, cfg).next_cycle == 2
+    a, b = (_state(tmp_path, c) for c in configs if c.seed == 0)
     assert np.array_equal(a.ids_of_cycle(0), b.ids_of_cycle(0))
-    assert len(list((tmp_path / "ray_train").glob("group-*"))) == 1
+    assert len(list((tmp_path / "ray_train").glob("group-*"))) == 2
 
 
 def test_cycle_checkpoint_is_reused_only_with_the_joint_head_the_strategy_needs(tiny_config, tmp_path):

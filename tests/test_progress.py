@@ -17,7 +17,7 @@ import pytest
 from daal_ray.acquisition.daal.fit import StepLosses
 from daal_ray.progress import CycleProgress, format_cycle
 from daal_ray.results import upsert_rows
-from daal_ray.runtime import log_to_file, setup_logging, stop_logging_to
+from daal_ray.runtime import log_to_file, route_raylet_messages, setup_logging, stop_logging_to
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,6 +95,36 @@ def test_console_shows_daal_ray_records_but_only_errors_of_other_libraries(tmp_p
     log = (tmp_path / "job.log").read_text()
     for text in ("cycle line", "DAAL epoch 1/2", "Reporting training result 1", "Token authentication", "a Ray error"):
         assert text in log
+
+
+def test_what_a_raylet_pushes_to_the_driver_goes_to_the_log_not_the_console(tmp_path, capsys, monkeypatch):
+    """Ray prints the raylets' messages (the worker-count warning) to stdout itself; routed,
+    they are records: in the run's log file, off the default console. Other messages Ray
+    prints (a worker's output) are left to Ray."""
+    import ray._private.worker as ray_worker
+
+    printed = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(data))
+    route_raylet_messages()
+    route_raylet_messages()  # idempotent: wrapped once
+    root = logging.getLogger()
+    before = list(root.handlers)
+    warning = ("WARNING: 14 PYTHON worker processes have been started on node: abc with address: 127.0.0.1, "
+               "which is 7x the maximum expected startup concurrency (2).")
+    try:
+        setup_logging()
+        handler = log_to_file(tmp_path / "job.log")
+        ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        ray_worker.print_to_stdstream({"lines": ["a worker's print"], "pid": 123, "is_err": False}, ignore_prefix=False)
+        stop_logging_to(handler)
+    finally:
+        for h in root.handlers[:]:
+            if h not in before:
+                root.removeHandler(h)
+    captured = capsys.readouterr()
+    assert "worker processes" not in captured.out + captured.err
+    assert warning in (tmp_path / "job.log").read_text()
+    assert [d["lines"] for d in printed] == [["a worker's print"]]
 
 
 def test_daal_losses_print_rounded():

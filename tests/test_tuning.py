@@ -22,7 +22,14 @@ from daal_ray.errors import ConfigError
 from daal_ray.pool import PoolState
 from daal_ray.results import RESULTS_FILE, SCHEMA, read_results, upsert_rows
 from daal_ray.rundir import STATE_FILE
-from daal_ray.tuning import experiment_complete, parse_strategy, plan_experiments, plan_sweep, run_sweep
+from daal_ray.tuning import (
+    experiment_complete,
+    parse_strategy,
+    plan_experiments,
+    plan_sweep,
+    run_sweep,
+    worker_group_lanes,
+)
 
 
 # --------------------------------------------------------------------------- equal footing
@@ -63,6 +70,16 @@ def test_strategy_variants_for_ablations():
                          ("daal[nope=1]", "unknown key 'nope'")):
         with pytest.raises(ConfigError, match=message):
             plan_experiments(dataset="digits", strategies=[bad])
+
+
+def test_experiments_are_dealt_into_lanes_round_robin(tiny_config):
+    configs = [tiny_config(s, seed=seed) for s in ("random", "entropy", "daal") for seed in (0, 1)]
+    lanes = worker_group_lanes(configs, 2)
+    assert [[c.name for c in lane] for lane in lanes] == [[c.name for c in configs[0::2]],
+                                                          [c.name for c in configs[1::2]]]
+    assert {c.seed for c in lanes[0]} == {0} and {c.seed for c in lanes[1]} == {1}  # one seed of each strategy
+    assert [len(lane) for lane in worker_group_lanes(configs, 10)] == [1] * 6  # never an empty lane
+    assert [len(lane) for lane in worker_group_lanes(configs, 1)] == [6]
 
 
 def test_sweep_refuses_in_process_training(tmp_path):

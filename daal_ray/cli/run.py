@@ -84,8 +84,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
                    help="placement of an experiment's Train workers: PACK on as few nodes as possible (default), "
                         "SPREAD across nodes (losing a node loses fewer workers)")
     r.add_argument("--concurrency", type=int, default=None,
-                   help="experiments run at once; 1 runs them one after another in one worker group "
-                        "(default: %(default)s; None = as resources allow, one Tune trial each)")
+                   help="experiments run at once: N >= 1 runs N lanes, each one worker group running its "
+                        "share of the experiments one after another (1: all in one group); without it, "
+                        "as resources allow, one Tune trial each (default: %(default)s)")
     r.add_argument("--num-cpus", type=int, default=None,
                    help="logical CPUs of a locally started Ray (default: max(8, 4 x cores)); ignored on a cluster")
     o = p.add_argument_group("output")
