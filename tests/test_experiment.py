@@ -22,7 +22,7 @@ from daal_ray.cycle import train_cycle_model
 from daal_ray.data import get_dataset, open_dataset
 from daal_ray.driver import start_driver
 from daal_ray.errors import RunLockedError
-from daal_ray.experiment import run_experiment
+from daal_ray.experiment import run_experiment, run_experiment_group
 from daal_ray.models import build_model
 from daal_ray.pool import PoolState
 from daal_ray.rundir import STATE_FILE
@@ -191,34 +191,33 @@ def test_killed_aldriver_comes_back_with_its_state(ray_session, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_cycles_on_real_worker_group_accuracy_rises(ray_session, tiny_config, tmp_path):
-    """Two Ray Train workers (DDP over gloo), Ray Data actors for features: accuracy rises with labels."""
-    cfg = tiny_config("entropy", num_workers=2, initial_fraction=0.03, step_fraction=0.25, final_fraction=0.28)
-    cfg = cfg.replace(train=cfg.train.replace(epochs=15))
-    table = run_experiment(cfg, tmp_path)
-    rows = table.to_pylist()
+def test_entropy_and_daal_on_a_real_two_rank_worker_group(ray_session, tiny_config, tmp_path):
+    """Two Ray Train workers (DDP over gloo), shared by two experiments one after another
+    (one start-up for both): entropy, with Ray Data actors for the features, raises the
+    accuracy with its labels; DAAL's fit runs on both ranks (features broadcast, gradients
+    averaged), then its ScoreNet scores the pool through Ray Data."""
+    entropy = tiny_config("entropy", num_workers=2, initial_fraction=0.03, step_fraction=0.25, final_fraction=0.28)
+    entropy = entropy.replace(train=entropy.train.replace(epochs=15))
+    daal = tiny_config("daal", num_workers=2, final_fraction=0.10)
+    daal = daal.replace(acquisition=daal.acquisition.replace(params={"epochs": 2, "batch_size": 32}))
+    entropy_table, daal_table = run_experiment_group([entropy, daal], tmp_path)
+
+    rows = entropy_table.to_pylist()
     assert [r["cycle"] for r in rows] == [0, 1]
     assert rows[1]["num_labeled"] > rows[0]["num_labeled"]
     assert rows[1]["value"] > rows[0]["value"] + 0.05, rows
     assert rows[0]["features_s"] > 0 and rows[0]["startup_s"] > 0 and rows[0]["selection_s"] > 0
-    # the Ray Train run recorded a checkpoint per cycle
-    ckpts = [p for p in (tmp_path / cfg.name / "ray_train" / "train").glob("checkpoint_*") if p.is_dir()]
-    assert len(ckpts) == 2
 
-
-@pytest.mark.slow
-def test_daal_trains_on_two_ranks_and_selects(ray_session, tiny_config, tmp_path):
-    """DAAL's fit runs on both ranks of a real worker group (features broadcast, gradients
-    averaged), then its ScoreNet scores the pool through Ray Data."""
-    cfg = tiny_config("daal", num_workers=2, final_fraction=0.10)
-    cfg = cfg.replace(acquisition=cfg.acquisition.replace(params={"epochs": 2, "batch_size": 32}))
-    table = run_experiment(cfg, tmp_path)
-    state = _state(tmp_path, cfg)
-    assert state.history[1].num_added == cfg.schedule(len(state))[1]
-    row = table.to_pylist()[0]
+    state = _state(tmp_path, daal)
+    assert state.history[1].num_added == daal.schedule(len(state))[1]
+    row = daal_table.to_pylist()[0]
     assert row["acq_fit_s"] > 0 and row["num_selected"] == state.history[1].num_added
-    ckpt = torch.load(tmp_path / cfg.name / "checkpoints" / "cycle_000" / "daal.pt", weights_only=True)
+    assert row["startup_s"] < 1.0  # the group was already up
+    ckpt = torch.load(tmp_path / daal.name / "checkpoints" / "cycle_000" / "daal.pt", weights_only=True)
     assert ckpt["epoch"] == 2
+    # the Ray Train run recorded a checkpoint per cycle of both experiments
+    (group,) = (tmp_path / "ray_train").glob("group-*")
+    assert len([p for p in group.glob("checkpoint_*") if p.is_dir()]) == len(rows) + daal_table.num_rows
 
 
 def test_lanes_of_experiments_share_one_worker_group_each(ray_session, tiny_config, tmp_path):
