@@ -249,8 +249,8 @@ def extract_features(pool: ray.data.Dataset, predictor: Mapping[str, Any], scale
         # At most inference_actors tasks at once, as many as the actors would be: the same
         # few worker processes then take every batch and keep their predictor and imports
         # warm, where unbounded tasks start a cold process (torch, the dataset) per CPU.
-        return pool.map_batches(_predict_in_task, fn_kwargs=dict(predictor), concurrency=scale.inference_actors,
-                                **_resources(scale))
+        return pool.map_batches(_predict_in_task, fn_kwargs=dict(predictor),
+                                compute=ray.data.TaskPoolStrategy(size=scale.inference_actors), **_resources(scale))
     return _map_on_actors(pool, PoolPredictor, predictor, scale)
 
 
