@@ -3,7 +3,9 @@
 Each trial runs :func:`daal_ray.experiment.run_experiment` with its own ALDriver and run
 directory ``run_root/<experiment name>``, so a trial that is re-run resumes from its last
 committed cycle. Trials run in parallel within the cluster's resources
-(``ScaleConfig.trial_concurrency`` caps them; 0 = as resources allow).
+(``ScaleConfig.trial_concurrency`` caps them; 0 = as resources allow). The job scripts'
+:func:`run_experiments` with a concurrency of N runs N lanes instead, each one worker group
+that runs its share of the experiments one after another (:func:`worker_group_lanes`).
 
 A sweep (:func:`run_sweep`, ``daal-ray sweep``, ``jobs/sweep.py``) is resumable: re-run
 with the same arguments after a kill, it skips the experiments whose results are complete
