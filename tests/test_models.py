@@ -8,6 +8,7 @@ from torch import nn
 
 from daal_ray.errors import ConfigError, DataError
 from daal_ray.models import TaskModel, build_model, check_model_name, model_descriptions, model_names
+from daal_ray.models.small import GridPool
 from daal_ray.models.wrn import WideResNet, _Block
 from daal_ray.training import load_checkpoint_meta, load_state_dict, save_checkpoint, train_one_epoch
 
@@ -52,6 +53,21 @@ def test_small_cnn_shapes(in_channels, side, classes):
 def wrn():
     torch.manual_seed(0)
     return build_model("wrn28_2", num_classes=10, in_channels=3)
+
+
+@pytest.mark.parametrize("side", [8, 32, 10])
+def test_grid_pool_equals_adaptive_pooling_bit_for_bit(side):
+    """small_cnn's pooling gives adaptive_avg_pool2d's values and gradients exactly, on maps
+    the grid divides (the fast path: digits' 8 x 8, CIFAR's 32 x 32) and on one it does not."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, side, side, requires_grad=True)
+    grad = torch.randn(5, 3, 4, 4)
+    want = nn.AdaptiveAvgPool2d(4)(x)
+    got = GridPool(4)(x)
+    assert torch.equal(got, want)
+    (want_grad,) = torch.autograd.grad(want, x, grad)
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    assert torch.equal(got_grad, want_grad)
 
 
 def test_wrn_shapes(wrn):

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from daal_ray.models.base import TaskModel, register_model
+
+
+class GridPool(nn.Module):
+    """Average pooling to a ``size x size`` grid: ``adaptive_avg_pool2d``'s result, computed as
+    a plain ``avg_pool2d`` when the grid divides the map (the same windows, bit for bit, at
+    two thirds of the time on CPU: digits' 8 x 8 and CIFAR's 32 x 32 maps)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.size == 0 and w % self.size == 0:
+            return F.avg_pool2d(x, (h // self.size, w // self.size))
+        return F.adaptive_avg_pool2d(x, self.size)
 
 
 @register_model("small_cnn")
@@ -19,7 +36,7 @@ class SmallCNN(TaskModel):
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(4),
+            GridPool(4),
         )
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, feature_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(feature_dim, num_classes)
