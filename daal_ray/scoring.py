@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +309,38 @@ def _sorted_ids(ids: Optional[Iterable[int]]) -> Optional[np.ndarray]:
     return None if ids is None else np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
 
 
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FILES_PER_FOOTER_READER = 100
+_footer_env = threading.Lock()
+
+
+def footer_readers(num_files: int) -> int:
+    """How many footer-reading actors a read of ``num_files`` parquet shards starts: one per
+    :data:`FILES_PER_FOOTER_READER` files, at least 1 and at most Ray Data's own 32."""
+    return max(1, min(32, math.ceil(num_files / FILES_PER_FOOTER_READER)))
+
+
+def read_shards(paths: list[str]) -> Any:
+    """``ray.data.read_parquet(paths, include_paths=True)`` with its footer readers sized to
+    the shards (:func:`footer_readers`).
+
+    Ray Data reads every file's footer on a pool of ``FooterReader`` actors that it starts
+    for each read: 32 of them by default (``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``), whatever
+    the number of files. On a small machine their start-up was most of what a scoring
+    call cost before its first batch (bench/pool_scoring.py in BENCHMARKS.md). Each actor
+    keeps many footer reads in flight, so a few serve thousands of shards. A value set in
+    the environment wins.
+    """
+    with _footer_env:  # the variable is read when the read is planned, in this process
+        if FOOTER_ACTORS_ENV in os.environ:
+            return ray.data.read_parquet(paths, include_paths=True)
+        os.environ[FOOTER_ACTORS_ENV] = str(footer_readers(len(paths)))
+        try:
+            return ray.data.read_parquet(paths, include_paths=True)
+        finally:
+            os.environ.pop(FOOTER_ACTORS_ENV, None)
+
+
 def read_feature_pool(source: Source, labeled_ids: Optional[Iterable[int]] = None,
                       scale: Optional[ScaleConfig] = None) -> tuple[Any, PoolSchema]:
     """The pool's feature shards as a lazy Ray Dataset ``{sample_id, labeled, features[, probs]}``.
@@ -325,7 +358,7 @@ def read_feature_pool(source: Source, labeled_ids: Optional[Iterable[int]] = Non
     paths = shard_paths(source)
     schema = inspect_feature_shards(paths)
     columns = ["sample_id", "features"] + (["label"] if schema.has_label else []) + (["probs"] if schema.has_probs else [])
-    ds = ray.data.read_parquet(paths, include_paths=True).select_columns(columns + [PATH_COLUMN])
+    ds = read_shards(paths).select_columns(columns + [PATH_COLUMN])
     ds = ds.map_batches(prepare_feature_batch, batch_format="pyarrow", batch_size=scale.inference_batch_size,
                         fn_kwargs=dict(dim=schema.dim, labeled_ids=_sorted_ids(labeled_ids),
                                        use_label=schema.has_label, probs=schema.has_probs),
@@ -339,7 +372,7 @@ def read_id_pool(source: Source, labeled_ids: Optional[Iterable[int]] = None,
     scale = scale or ScaleConfig()
     paths = shard_paths(source)
     inspect_id_shards(paths)
-    ds = ray.data.read_parquet(paths, include_paths=True).select_columns(["sample_id", PATH_COLUMN])
+    ds = read_shards(paths).select_columns(["sample_id", PATH_COLUMN])
     return ds.map_batches(prepare_id_batch, batch_format="pyarrow", batch_size=scale.inference_batch_size,
                           fn_kwargs=dict(labeled_ids=_sorted_ids(labeled_ids)), zero_copy_batch=True)
 

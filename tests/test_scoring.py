@@ -28,8 +28,11 @@ from daal_ray.data import get_dataset
 from daal_ray.errors import ConfigError, DataError
 from daal_ray.models import build_model
 from daal_ray.scoring import (
+    FOOTER_ACTORS_ENV,
     PoolPredictor,
+    footer_readers,
     merge_scored,
+    read_shards,
     select_from_features,
     select_from_images,
     select_topk,
@@ -43,6 +46,35 @@ def _full_sort(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 # ---------------------------------------------------------------------- Ray
+def _footer_reader_actors() -> set[str]:
+    import ray
+
+    return {a for a, info in ray._private.state.actors().items() if "FooterReader" in info["ActorClassName"]}
+
+
+@pytest.mark.ray
+def test_a_read_of_a_few_shards_starts_one_footer_reader_not_32(ray_session, tmp_path, monkeypatch):
+    """Ray Data starts 32 footer-reading actors per parquet read by default, whatever the
+    number of files; three shards get one. A value the user set in the environment wins."""
+    folder = tmp_path / "ids"
+    folder.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"sample_id": np.arange(10 * i, 10 * i + 10, dtype=np.int64)}), folder / f"{i}.parquet")
+    paths = sorted(str(f) for f in folder.iterdir())
+    before = _footer_reader_actors()
+    rows = read_shards(paths).take_all()
+    assert sorted(r["sample_id"] for r in rows) == list(range(30))
+    assert len(_footer_reader_actors() - before) == 1
+    monkeypatch.setenv(FOOTER_ACTORS_ENV, "2")
+    before = _footer_reader_actors()
+    assert len(read_shards(paths).take_all()) == 30
+    assert len(_footer_reader_actors() - before) == 2
+
+
+def test_footer_readers_grow_with_the_shards_up_to_rays_default():
+    assert [footer_readers(n) for n in (1, 100, 101, 1000, 3199, 10**6)] == [1, 1, 2, 10, 32, 32]
+
+
 @pytest.mark.ray
 def test_topk_over_50_shards_equals_a_full_sort_with_ties(ray_session, tmp_path):
     pool = feature_pool(6000, 4, 500, seed=2, distinct_probs=6)
