@@ -343,7 +343,7 @@ def run_experiments(configs: Sequence[ExperimentConfig], run_root: str | Path, *
 
 def _run_lanes(lanes: list[list[ExperimentConfig]], run_root: Path) -> list[BaseException]:
     """Each lane's worker group, all at once (one thread each, waiting on its group);
-    returns the lanes' errors. One lane runs in this thread."""
+    returns the lanes' errors. A single lane runs in this thread."""
     if len(lanes) == 1:
         run_experiment_group(lanes[0], run_root)
         return []
