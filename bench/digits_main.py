@@ -61,7 +61,6 @@ SETTINGS = {  # scale fields, and whether the experiments share one worker group
     "lanes-tasks": (dict(trial_concurrency=2, inference_compute="tasks"), True),
     "job": (dict(trial_concurrency=1, inference_compute="tasks"), True),  # its own process, its own defaults
 }
-LANES = {"lanes-tasks": 2, "job": os.cpu_count() or 1}  # worker groups at once (jobs/digits.py: one per core)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -160,7 +159,9 @@ def report(ray_init_s: float, results: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s = r["steps"]
-        lanes = LANES.get(r["setting"], 1)
+        # worker groups at once: jobs/digits.py runs one lane per core; a shared in-process setting, its concurrency
+        scale, shared = SETTINGS[r["setting"]]
+        lanes = (os.cpu_count() or 1) if r["setting"] == "job" else scale["trial_concurrency"] if shared else 1
         # lanes at once: the share of the lanes' time (lanes x wall) that is not compute
         share = "n/a (overlapped)" if r["setting"] == "concurrent" else f"{1 - r['compute_s'] / (lanes * r['wall_s']):.0%}"
         # (the job setting's wall includes its own Ray start-up and the final report)

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -131,3 +132,10 @@ def read_table_once(path: str | Path) -> pa.Table:
     with open(path, "rb") as fh:
         return pq.read_table(fh)
 
+
+def set_aside_torn(path: str | Path) -> Path:
+    """Rename a torn file to ``<name>.torn-<unix time>`` beside it (kept, not deleted); return the new path."""
+    path = Path(path)
+    torn = path.with_name(f"{path.name}.torn-{int(time.time())}")
+    os.replace(path, torn)
+    return torn

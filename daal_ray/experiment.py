@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pyarrow as pa
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from daal_ray.atomic_io import set_aside_torn
 from daal_ray.config import ExperimentConfig, resolve_config
 from daal_ray.cycle import experiment_loop, group_loop
 from daal_ray.data import open_dataset
@@ -59,8 +59,7 @@ def set_aside_torn_train_snapshot(storage: Path) -> Path | None:
     except FileNotFoundError:
         return None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        torn = snapshot.with_name(f"{snapshot.name}.torn-{int(time.time())}")
-        os.replace(snapshot, torn)
+        torn = set_aside_torn(snapshot)
         logger.warning("Ray Train's snapshot %s is torn (%s), as a node or process lost while writing it leaves "
                        "it; the run resumes from its own state, and the torn file is kept as %s", snapshot, exc, torn)
         return torn

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from daal_ray.atomic_io import atomic_write_table, read_table_once
+from daal_ray.atomic_io import atomic_write_table, read_table_once, set_aside_torn
 from daal_ray.errors import PoolStateError
 
 # The pool state's file name in a run (or labeling project) directory.
@@ -390,8 +390,7 @@ def load_last_good(path: str | os.PathLike, run_id: Optional[str] = None) -> Poo
             state = PoolState.load(prev, run_id=run_id)
         except PoolStateError as prev_exc:
             raise PoolStateError(f"{exc}; its previous generation does not load either: {prev_exc}") from prev_exc
-        torn = path.with_name(f"{path.name}.torn-{int(time.time())}")
-        os.replace(path, torn)
+        torn = set_aside_torn(path)
         logger.error("pool state %s is torn (%s); resuming from the last good state %s; the torn file is kept as %s",
                      path, exc, prev, torn)
         state.save(path)  # path is gone, so .prev stays the good generation
