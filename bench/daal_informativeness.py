@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daal_ray.acquisition.daal.fit import DAALParams, score_features, train_daal
+from daal_ray.acquisition.daal.fit import DAALParams, daal_inputs, score_features, train_daal
 from daal_ray.acquisition.daal.synthetic import DENSE, known_answer_pool
 from daal_ray.cycle import initial_pool
 from daal_ray.data import open_dataset
@@ -39,13 +39,15 @@ MAIN_JOB_DAAL_EPOCHS = 40  # jobs/digits.py's default
 
 VARIANTS: dict[str, dict] = {  # each against the defaults; "paper-*" puts one setting back at the paper's value
     "default": {},
+    "features-alone": {"confidence_weight": 0.0},
+    "confidence-weight-3": {"confidence_weight": 3.0},
     "sequential": {"updates": "sequential"},
     "20-epochs": {"epochs": 20},
     "paper-dropout-0.4": {"dropout": 0.4},
     "paper-udis-on-reconstruction": {"udis_fake": "reconstruction"},
     "paper-w-dpp-1": {"w_dpp": 1.0},
     "paper-w-gan-1": {"w_gan": 1.0},
-    "previous-defaults": {"dropout": 0.4, "udis_fake": "reconstruction", "w_dpp": 1.0, "w_gan": 1.0,
+    "previous-defaults": {"dropout": 0.4, "udis_fake": "reconstruction", "w_dpp": 1.0, "w_gan": 1.0, "confidence_weight": 0.0,
                           "updates": "sequential"},
 }
 
@@ -69,10 +71,11 @@ def cycle_zero(seed: int) -> dict[str, np.ndarray]:
 
 def evaluate(p: DAALParams, pool: dict[str, np.ndarray], seed: int) -> dict[str, float]:
     x, lab = pool["features"], pool["labeled"]
+    inputs = daal_inputs(pool, p)  # the features, and the confidence profile with confidence_weight
     t0 = time.perf_counter()
-    nets, _ = train_daal(x[lab], x[~lab], p, seed=seed)
+    nets, _ = train_daal(inputs[lab], inputs[~lab], p, seed=seed)
     fit_s = time.perf_counter() - t0
-    scores = score_features(nets.score, x[~lab], normalize=p.normalize)
+    scores = score_features(nets.score, inputs[~lab], normalize=p.normalize)
     row = informativeness(scores, pool["probs"][~lab], pool["labels"][~lab])
     k = pool["batch"]
     top = np.argsort(-scores, kind="stable")[:k]
@@ -80,8 +83,9 @@ def evaluate(p: DAALParams, pool: dict[str, np.ndarray], seed: int) -> dict[str,
     centres = torch.as_tensor(x[lab], dtype=torch.float64)
     dist = {name: float(min_sq_distances(torch.as_tensor(x[~lab][i], dtype=torch.float64), centres).sqrt().mean())
             for name, i in (("top", top), ("random", rand))}
-    ka = known_answer_pool(seed=seed)
-    ka_nets, _ = train_daal(ka.labeled, ka.unlabeled, p, seed=seed)
+    ka = known_answer_pool(seed=seed)  # features only (no model): DAAL's input is the features alone
+    ka_p = replace(p, confidence_weight=0.0)
+    ka_nets, _ = train_daal(ka.labeled, ka.unlabeled, ka_p, seed=seed)
     ka_top = np.argsort(-score_features(ka_nets.score, ka.unlabeled, normalize=p.normalize))[:100]
     return {**row, "dist_top": dist["top"], "dist_random": dist["random"], "fit_s": fit_s,
             "score_std": float(scores.std()), "known_answer_dense_top100": float(np.mean(ka.groups[ka_top] == DENSE))}

@@ -42,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 import torch
 
 from daal_ray.acquisition import strategy_names
@@ -133,8 +134,7 @@ def main() -> None:
         report(saved["ray_init_s"], saved["results"])
         return
     t_init = time.perf_counter()
-    in_process = [s for s in args.settings.split(",") if s != "job"]
-    if in_process:
+    if args.settings.split(",")[0] != "job":
         init_ray()
         quiet_ray_data()
     ray_init_s = time.perf_counter() - t_init
@@ -142,6 +142,13 @@ def main() -> None:
     results = []
     try:
         for name in args.settings.split(","):
+            # The job starts its own Ray instance: this script's own is shut down first, so
+            # its idle processes do not share the two cores with the job's.
+            if name == "job" and ray.is_initialized():
+                ray.shutdown()
+            elif name != "job" and not ray.is_initialized():
+                init_ray()
+                quiet_ray_data()
             results.append(run_setting(name, args.strategies.split(","), args.seeds, root))
     finally:
         shutil.rmtree(root, ignore_errors=True)

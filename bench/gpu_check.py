@@ -10,7 +10,8 @@ its figures are per-second rates):
 2. Pool scoring, images/s end to end (start-up included): the Ray Data pipeline
    (:func:`daal_ray.scoring.select_from_images`, one actor, on the GPU with
    ``gpus_per_inference_actor=1``) against a plain loop over the same model and images.
-3. DAAL's fit, steps/s at the main job's shapes (128-d features, batches of 128).
+3. DAAL's fit, steps/s at the main job's shapes (138-d inputs: 128-d features and a 10-class
+   confidence profile; batches of 128).
 4. Selection over a synthetic pool (1,000,000 x 128 on the GPU, 100,000 x 128 with
    ``--cpu``), K = 5%: core-set's greedy k-center (``--coreset-picks`` picks run, the rest
    extrapolated), DAAL-diverse's D^2 seeding over its top 4K candidates, BADGE's D^2 seeding
@@ -34,7 +35,7 @@ import torch
 
 from daal_ray.acquisition import build_strategy
 from daal_ray.acquisition.badge import badge_min_sq, gradient_residuals
-from daal_ray.acquisition.daal.fit import DAALNets, DAALParams, daal_step, normalize_features
+from daal_ray.acquisition.daal.fit import DAALNets, DAALParams, daal_step, normalize_features, optimizers
 from daal_ray.config import AcquisitionConfig
 from daal_ray.data import get_dataset
 from daal_ray.models import build_model
@@ -168,10 +169,11 @@ def scoring(device: torch.device, n_train: int, tmp: Path) -> dict:
 def daal_steps(device: torch.device, steps: int) -> float:
     p = DAALParams()
     torch.manual_seed(0)
-    nets = DAALNets(128, p).to(device)
-    opts = {k: torch.optim.Adam(v, lr=p.lr) for k, v in nets.groups().items()}
-    x_l = normalize_features(torch.randn(128, 128, device=device))
-    x_u = normalize_features(torch.randn(128, 128, device=device) + 0.5)
+    dim = 138  # DAAL's input in the main job: 128-d features and the 10-class confidence profile
+    nets = DAALNets(dim, p).to(device)
+    opts = optimizers(nets, p, device)
+    x_l = normalize_features(torch.randn(128, dim, device=device))
+    x_u = normalize_features(torch.randn(128, dim, device=device) + 0.5)
     for _ in range(5):
         daal_step(nets, opts, p, x_l, x_u)
     _sync(device)

@@ -236,8 +236,9 @@ def main() -> int:
         ray.init(num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 2**20,
                  include_dashboard=False, logging_level="WARNING")
         quiet_ray_data()
-        strategy = DAALStrategy(DAALParams(epochs=args.epochs, max_fit_unlabeled=args.max_fit_unlabeled),
-                                seed=0, cycle=0)
+        # The shards hold features only: DAAL's input is the features alone (confidence_weight=0).
+        strategy = DAALStrategy(DAALParams(epochs=args.epochs, max_fit_unlabeled=args.max_fit_unlabeled,
+                                           confidence_weight=0), seed=0, cycle=0)
         scale = ScaleConfig(inference_batch_size=args.batch_size, inference_actors=args.actors)
         load_before = os.getloadavg()
         with MemorySampler() as mem:

@@ -91,8 +91,8 @@ def _child(strategy: str, n: int, d: int, k: int, n_labeled: int, coreset_picks:
     s = build_strategy(AcquisitionConfig(strategy=strategy), seed=0, cycle=0)
     if isinstance(s, DAALStrategy):  # daal and its versions: an untrained ScoreNet as the scorer
         torch.manual_seed(0)
-        s.feature_dim = d
-        s.score_state = ScoreNet(d, s.params.score_hidden, s.params.dropout).state_dict()
+        s.feature_dim = s.inputs(blocks[0]).shape[1]  # the features and, by default, the confidence profile
+        s.score_state = ScoreNet(s.feature_dim, s.params.score_hidden, s.params.dropout).state_dict()
         s._net = None
     k_run = min(k, coreset_picks) if strategy == "coreset" else k
     # Warm-up on a tiny pool: the first call pages in library code (BLAS kernels), which

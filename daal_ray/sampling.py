@@ -11,7 +11,7 @@ its rows' features travel to the fitting process.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -89,14 +89,18 @@ class BottomKSample:
 
 
 def fit_features(features: Any, max_unlabeled: int, key: int, rank: int = 0, world: int = 1,
-                 batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+                 batch_size: int = 8192, columns: Sequence[str] = ("features",),
+                 inputs: Optional[Callable[[Mapping[str, np.ndarray]], np.ndarray]] = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """This rank's strided shard of every labeled feature and of a bounded unlabeled sample.
 
     One streaming pass over ``features`` (a Ray Dataset, a dict of arrays or a list of
-    them, with ``sample_id``, ``labeled`` and ``features``): labeled rows are all kept;
+    them, with ``sample_id``, ``labeled`` and ``columns``): labeled rows are all kept;
     unlabeled rows are sampled by :class:`BottomKSample` (``max_unlabeled``; 0 keeps all).
     Both come back sorted by ``sample_id`` and strided by rank, so when the pool has at
     most ``max_unlabeled`` unlabeled rows the result is exactly the whole pool's split.
+    ``inputs`` maps a batch of ``columns`` to the rows kept (default: its ``features``),
+    so a fit that reads more than the features still holds one array per row.
 
     Returns:
         ``(labeled_features, unlabeled_features)``, float32, this rank's rows.
@@ -109,10 +113,11 @@ def fit_features(features: Any, max_unlabeled: int, key: int, rank: int = 0, wor
     un_ids: list[np.ndarray] = []
     un_x: list[np.ndarray] = []
     sample = BottomKSample(max_unlabeled, key) if max_unlabeled > 0 else None
-    for batch in reraise_unwrapped(iter_feature_batches(features, ("sample_id", "labeled", "features"), batch_size)):
+    wanted = ("sample_id", "labeled", *columns)
+    for batch in reraise_unwrapped(iter_feature_batches(features, wanted, batch_size)):
         ids = np.asarray(batch["sample_id"], dtype=np.int64)
         lab = np.asarray(batch["labeled"], dtype=bool)
-        x = np.asarray(batch["features"], dtype=np.float32)
+        x = np.asarray(batch["features"] if inputs is None else inputs(batch), dtype=np.float32)
         x = x.reshape(x.shape[0], -1)
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():

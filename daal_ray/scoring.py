@@ -397,7 +397,7 @@ def _check_needs(strategy: Strategy, available: set[str], where: str) -> None:
     if missing:
         raise ConfigError(f"strategy {strategy.name!r} reads {', '.join(missing)}, which {where} lacks; "
                           f"add the column(s) to the shards or pick a strategy that reads only "
-                          f"{', '.join(sorted(available)) or 'ids'}")
+                          f"{', '.join(sorted(available)) or 'ids'}{strategy.needs_hint}")
 
 
 def _fit(strategy: Strategy, features: Any, labeled_ids: Optional[np.ndarray], device: Any,

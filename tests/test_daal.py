@@ -21,11 +21,11 @@ from torch import nn
 
 from daal_ray.acquisition.base import FitContext
 from daal_ray.acquisition.daal import DAALStrategy, Discriminator, FeatureVAE, ScoreNet
-from daal_ray.acquisition.daal.fit import DAALNets, DAALParams, daal_step, train_daal
+from daal_ray.acquisition.daal.fit import DAALNets, DAALParams, daal_inputs, daal_step, train_daal
 from daal_ray.acquisition.daal.losses import dpp_loss, gan_loss, generator_gan_loss, length_loss, prior_loss, recon_loss
 from daal_ray.acquisition.daal.synthetic import DENSE, known_answer_pool
 from daal_ray.config import ScaleConfig
-from daal_ray.errors import ConfigError
+from daal_ray.errors import ConfigError, DataError
 from daal_ray.scoring import select_topk
 
 
@@ -350,7 +350,8 @@ def test_daal_ranks_dense_far_samples_above_near_duplicates_and_outliers(ray_ses
         """Per-worker body (defined here so Ray pickles it by value): DAAL's fit on this
         rank's strided shard; rank 0 writes the checkpoint."""
         table = known_answer_pool(config["seed"]).table()
-        strategy = DAALStrategy(DAALParams(epochs=config["epochs"]), seed=config["seed"], cycle=0)
+        # The features alone (confidence_weight=0): this known answer is about representativeness.
+        strategy = DAALStrategy(DAALParams(epochs=config["epochs"], confidence_weight=0), seed=config["seed"], cycle=0)
         strategy.fit(FitContext(features=table, num_labeled=int(table["labeled"].sum()), cycle=0, run_dir=config["run_dir"]))
 
     trainer = TorchTrainer(
@@ -365,7 +366,7 @@ def test_daal_ranks_dense_far_samples_above_near_duplicates_and_outliers(ray_ses
 
     pool = known_answer_pool(SEED)
     table, groups = pool.table(), pool.groups
-    strategy = DAALStrategy(DAALParams(epochs=EPOCHS), seed=SEED, cycle=0)
+    strategy = DAALStrategy(DAALParams(epochs=EPOCHS, confidence_weight=0), seed=SEED, cycle=0)
     strategy.feature_dim = table["features"].shape[1]
     strategy.score_state = {k[len("score."):]: v for k, v in state["nets"].items() if k.startswith("score.")}
     net = ScoreNet(strategy.feature_dim, dropout=strategy.params.dropout)
@@ -388,3 +389,52 @@ def test_daal_ranks_dense_far_samples_above_near_duplicates_and_outliers(ray_ses
     assert all_scores.shape == (n_unlabeled,)
     means = pool.group_means(all_scores)
     assert means[1] > means[0] and means[1] > means[2], means
+
+
+# ====================================================================== the confidence profile
+def _confidence_pool(seed: int, n_labeled: int = 200, n_confident: int = 500, n_uncertain: int = 100, dim: int = 16,
+                     classes: int = 10) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inference output where only the probabilities tell the samples apart: every feature
+    is drawn from one Gaussian; the labeled rows and most unlabeled ones are predicted with
+    0.95 confidence (a random class), the last ``n_uncertain`` with a flat Dirichlet draw.
+    Returns the table and, per unlabeled row, whether it is one of the uncertain ones."""
+    rng = np.random.default_rng(seed)
+    n = n_labeled + n_confident + n_uncertain
+    confident = np.full((n_labeled + n_confident, classes), 0.05 / (classes - 1), np.float32)
+    confident[np.arange(confident.shape[0]), rng.integers(0, classes, confident.shape[0])] = 0.95
+    probs = np.concatenate([confident, rng.dirichlet(np.ones(classes), n_uncertain).astype(np.float32)])
+    labeled = np.arange(n) < n_labeled
+    table = {"sample_id": np.arange(n, dtype=np.int64) * 3 + 1, "labeled": labeled,
+             "features": rng.standard_normal((n, dim)).astype(np.float32), "probs": probs}
+    return table, np.arange(n)[~labeled] >= n_labeled + n_confident
+
+
+def test_daal_input_is_the_unit_feature_then_the_weighted_sorted_probabilities():
+    batch = {"features": np.array([[3.0, 4.0], [0.0, 0.0]], np.float32),
+             "probs": np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], np.float32)}
+    got = daal_inputs(batch, DAALParams(confidence_weight=2.0))
+    np.testing.assert_allclose(got, [[0.6, 0.8, 1.4, 0.4, 0.2], [0.0, 0.0, 1.0, 0.6, 0.4]], rtol=1e-6)
+    np.testing.assert_array_equal(daal_inputs(batch, DAALParams(confidence_weight=0)), batch["features"])  # the paper's
+    assert DAALStrategy(DAALParams(), seed=0, cycle=0).needs == {"features", "probs"}
+    assert DAALStrategy(DAALParams(confidence_weight=0), seed=0, cycle=0).needs == {"features"}
+    with pytest.raises(DataError, match="confidence_weight=0"):
+        daal_inputs({"features": batch["features"]}, DAALParams())
+    with pytest.raises(ConfigError, match="confidence_weight"):
+        DAALParams(confidence_weight=-1.0)
+
+
+def test_the_confidence_profile_lets_daal_find_the_samples_the_model_is_unsure_of():
+    """Known answer: the uncertain sixth of the unlabeled pool differs from the rest only in
+    its probabilities. With the profile (the default) DAAL's top 100 is mostly those; on the
+    features alone it can only pick at chance (about 1 in 6)."""
+    table, uncertain = _confidence_pool(seed=0)
+    small = dict(epochs=40, batch_size=64, score_hidden=(32, 32, 16, 8), disc_hidden=(32, 32, 16, 8),
+                 vae_hidden=(32, 32, 32, 16, 16, 16), latent_dim=8)
+    unlabeled = {k: v[~table["labeled"]] for k, v in table.items()}
+    share = {}
+    for weight in (DAALParams().confidence_weight, 0.0):
+        strategy = DAALStrategy(DAALParams(confidence_weight=weight, **small), seed=0, cycle=0)
+        strategy.fit(FitContext(features=table, num_labeled=int(table["labeled"].sum()), cycle=0))
+        share[weight] = float(uncertain[np.argsort(-strategy.score(unlabeled))[:100]].mean())
+    assert share[DAALParams().confidence_weight] >= 0.8, share
+    assert share[0.0] <= 0.4, share

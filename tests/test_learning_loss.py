@@ -77,6 +77,8 @@ def test_params_are_checked():
         AcquisitionConfig("learning_loss", {"lr": 0.1})
     with pytest.raises(ConfigError, match="use_udis"):
         AcquisitionConfig("ll_rd", {"rd": {"use_udis": True}})
+    with pytest.raises(ConfigError, match="confidence_weight"):
+        AcquisitionConfig("ll_rd", {"rd": {"confidence_weight": 1.0}})
     with pytest.raises(ConfigError, match="epochs"):
         AcquisitionConfig("ll_rd", {"rd": {"epochs": 0}})
 

@@ -107,7 +107,7 @@ def test_feature_shards_score_like_in_process_daal(ray_session, tmp_path):
 
     scale = ScaleConfig(inference_batch_size=50, inference_actors=1)
     labeled = pool["sample_id"][pool["labeled"]]
-    write_shards(pool, tmp_path / "ids", 9, probs=False)
+    write_shards(pool, tmp_path / "ids", 9)  # with probs: DAAL's input has the confidence profile
     got = select_from_features(tmp_path / "ids", DAALStrategy(params, seed=3, cycle=2), 50, labeled_ids=labeled,
                                scale=scale)
     np.testing.assert_array_equal(got.ids, want_ids)

@@ -90,6 +90,8 @@ class Strategy:
     description: ClassVar[str] = ""
     Params: ClassVar[type[Config]] = NoParams
     needs: ClassVar[frozenset[str]] = frozenset({"features", "probs"})
+    # Appended to the error for a pool that lacks a column in ``needs`` (how else to run).
+    needs_hint: ClassVar[str] = ""
     # True if ``fit`` trains on the features: it then runs on every rank of the worker group.
     trains: ClassVar[bool] = False
     # True if ``select`` holds O(K d) of the pool, never O(N d): it can then select from a pool

@@ -240,7 +240,8 @@ class LLRDParams(LearningLossParams):
         rd_weight: weight ``w`` of the representativeness score in
             ``(1 - w) x normalised predicted loss + w x representativeness``.
         rd: DAAL settings of the representativeness game (``use_udis`` must be false:
-            the uncertainty half is Learning Loss's).
+            the uncertainty half is Learning Loss's; ``confidence_weight`` must be 0: the
+            game reads the task features alone).
     """
 
     rd_weight: float = 0.5
@@ -251,10 +252,13 @@ class LLRDParams(LearningLossParams):
         check(0.0 <= self.rd_weight <= 1.0, f"ll_rd rd_weight must be in [0, 1], got {self.rd_weight}")
         rd = self.rd_params()
         check(not rd.use_udis and rd.use_rdis, "ll_rd rd must keep use_udis false and use_rdis true")
+        check(rd.confidence_weight == 0, "ll_rd rd must keep confidence_weight 0: the representativeness game "
+                                         "reads the task features alone")
 
     def rd_params(self) -> DAALParams:
-        """The DAALParams of the representativeness game (uDis off unless given)."""
-        return DAALParams.from_dict({"use_udis": False, **self.rd}, where="AcquisitionConfig.params.rd (ll_rd)")
+        """The DAALParams of the representativeness game (uDis off and the features alone unless given)."""
+        return DAALParams.from_dict({"use_udis": False, "confidence_weight": 0.0, **self.rd},
+                                    where="AcquisitionConfig.params.rd (ll_rd)")
 
 
 

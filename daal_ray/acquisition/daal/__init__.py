@@ -1,11 +1,13 @@
 """DAAL: Dual Adversarial Network for Deep Active Learning (Wang et al.), strategy ``daal``.
 
-ScoreNet rates every unlabeled feature; a VAE reconstructs the ``(1 - s) x`` uncertainty
-branch and the ``s x`` representativeness branch; uDis tells labeled features from the
-uncertainty reconstructions and rDis unlabeled features from the representativeness
-"summary". Trained by Alg. 1 on every rank of the experiment's Ray Train worker group;
-the trained ScoreNet then scores the unlabeled pool through Ray Data and the top-K scores
-are selected in one stage.
+ScoreNet rates every unlabeled sample from its task-model feature and, by default, the
+model's confidence profile (``DAALParams.confidence_weight``); a VAE reconstructs the
+``(1 - s) x`` uncertainty branch and the ``s x`` representativeness branch; uDis tells the
+labeled inputs from the unlabeled ones (or, as printed, from the uncertainty
+reconstructions) and rDis the unlabeled inputs from the representativeness "summary".
+Trained by Alg. 1 on every rank of the experiment's Ray Train worker group; the trained
+ScoreNet then scores the unlabeled pool through Ray Data and the top-K scores are
+selected in one stage.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
-from daal_ray.acquisition.daal.fit import DAALParams, score_features, train_daal
+from daal_ray.acquisition.daal.fit import DAALParams, daal_inputs, input_columns, score_features, train_daal
 from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
 from daal_ray.runtime import derive_seed, world
 from daal_ray.sampling import fit_features
@@ -52,14 +54,24 @@ class DAALStrategy(Strategy):
     name = "daal"
     description = "DAAL: ScoreNet trained against dual discriminators (uncertainty + representativeness), top-K"
     Params = DAALParams
-    needs = frozenset({"features"})
+    needs = frozenset({"features", "probs"})  # the probabilities for the confidence profile
+    needs_hint = ", or give daal confidence_weight=0 to read the features alone"
     trains = True
+
+    def __init__(self, params: DAALParams, seed: int, cycle: int) -> None:
+        super().__init__(params, seed, cycle)
+        self.needs = frozenset(type(self).needs - {"probs"}) | frozenset(input_columns(params))
+
+    def inputs(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """DAAL's input rows of a batch of the pool predictor's output (:func:`daal_inputs`)."""
+        return daal_inputs(batch, self.params)
 
     def fit(self, ctx: FitContext) -> None:
         rank, size = world()
-        # Every labeled feature and a bounded, seeded sample of unlabeled ones, streamed:
-        # no rank gathers the pool (pools within max_fit_unlabeled are read whole).
-        xl, xu = fit_features(ctx.features, self.params.max_fit_unlabeled, self.fit_sample_key(), rank, size)
+        # Every labeled row and a bounded, seeded sample of unlabeled ones, streamed: no
+        # rank gathers the pool (pools within max_fit_unlabeled are read whole).
+        xl, xu = fit_features(ctx.features, self.params.max_fit_unlabeled, self.fit_sample_key(), rank, size,
+                              columns=input_columns(self.params), inputs=self.inputs)
         ckpt = Path(ctx.run_dir) / "checkpoints" / f"cycle_{ctx.cycle:03d}" / "daal.pt" if ctx.run_dir else None
         nets, self.history = train_daal(xl, xu, self.params, seed=derive_seed(self.seed, self.cycle, 0xDAA1),
                                         device=ctx.device or torch.device("cpu"), checkpoint=ckpt,
@@ -81,7 +93,7 @@ class DAALStrategy(Strategy):
         return net
 
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        return score_features(self._score_net(), batch["features"], normalize=self.params.normalize)
+        return score_features(self._score_net(), self.inputs(batch), normalize=self.params.normalize)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
