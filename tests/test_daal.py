@@ -415,12 +415,16 @@ def test_daal_input_is_the_unit_feature_then_the_weighted_sorted_probabilities()
     got = daal_inputs(batch, DAALParams(confidence_weight=2.0))
     np.testing.assert_allclose(got, [[0.6, 0.8, 1.4, 0.4, 0.2], [0.0, 0.0, 1.0, 0.6, 0.4]], rtol=1e-6)
     np.testing.assert_array_equal(daal_inputs(batch, DAALParams(confidence_weight=0)), batch["features"])  # the paper's
+    np.testing.assert_allclose(daal_inputs(batch, DAALParams(profile_size=2)), [[0.6, 0.8, 0.7, 0.2], [0, 0, 0.5, 0.3]],
+                               rtol=1e-6)  # the largest two probabilities only
     assert DAALStrategy(DAALParams(), seed=0, cycle=0).needs == {"features", "probs"}
     assert DAALStrategy(DAALParams(confidence_weight=0), seed=0, cycle=0).needs == {"features"}
     with pytest.raises(DataError, match="confidence_weight=0"):
         daal_inputs({"features": batch["features"]}, DAALParams())
     with pytest.raises(ConfigError, match="confidence_weight"):
         DAALParams(confidence_weight=-1.0)
+    with pytest.raises(ConfigError, match="profile_size"):
+        DAALParams(profile_size=0)
 
 
 def test_the_confidence_profile_lets_daal_find_the_samples_the_model_is_unsure_of():

@@ -129,6 +129,11 @@ class DAALParams(Config):
             (task-aware inputs, as TA-VAAL gives VAAL its loss predictions). Weight 1 puts
             the profile (norm at most 1) at the features' scale; the whole input is then
             scaled to unit norm with ``normalize``, as the features were before.
+        profile_size: the profile keeps the largest ``profile_size`` probabilities (all of
+            them with fewer classes), so DAAL's input grows by at most this many columns
+            however many classes the task has (1,000 classes would otherwise add 1,000
+            columns to every network's first layer and to the fit's sample); the tail of a
+            sorted profile is near zero and carries little.
         max_fit_unlabeled: most unlabeled features the fit reads (0 = all): every labeled
             feature plus a uniform sample of this many unlabeled ones, the smallest
             ``hash_uniform(sample_id)`` values (deterministic per seed and cycle, streamed
@@ -172,6 +177,7 @@ class DAALParams(Config):
     w_dpp: float = 0.1
     w_feature_recon: float = 1.0
     confidence_weight: float = 1.0
+    profile_size: int = 16
     max_fit_unlabeled: int = 100_000
     checkpoint_every_s: float = 30.0
 
@@ -189,6 +195,7 @@ class DAALParams(Config):
         check(self.latent_dim >= 1, "daal latent_dim must be >= 1")
         check(math.isfinite(self.confidence_weight) and self.confidence_weight >= 0,
               f"daal confidence_weight must be a finite number >= 0 (0 = the features alone), got {self.confidence_weight}")
+        check(self.profile_size >= 1, f"daal profile_size must be >= 1, got {self.profile_size}")
         check(self.max_fit_unlabeled >= 0, f"daal max_fit_unlabeled must be >= 0 (0 = all), got {self.max_fit_unlabeled}")
         check(self.checkpoint_every_s >= 0, f"daal checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
 
@@ -221,9 +228,10 @@ def input_columns(p: DAALParams) -> tuple[str, ...]:
 
 
 def daal_inputs(batch: Mapping[str, np.ndarray], p: DAALParams) -> np.ndarray:
-    """DAAL's input rows ``[n, d (+ C)]`` from a batch of the pool predictor's output: the
-    features, and with ``confidence_weight`` the features at unit norm followed by the
-    weighted, decreasingly sorted class probabilities (``DAALParams.confidence_weight``).
+    """DAAL's input rows ``[n, d (+ min(C, profile_size))]`` from a batch of the pool
+    predictor's output: the features, and with ``confidence_weight`` the features at unit
+    norm followed by the weighted largest class probabilities, in decreasing order
+    (``DAALParams.confidence_weight``, ``profile_size``).
 
     Raises:
         DataError: the batch has no ``probs`` column while ``confidence_weight`` needs it.
@@ -236,7 +244,7 @@ def daal_inputs(batch: Mapping[str, np.ndarray], p: DAALParams) -> np.ndarray:
         raise DataError("DAAL's input needs the task model's class probabilities (a 'probs' column) with "
                         "confidence_weight > 0; set confidence_weight=0 to score on the features alone")
     probs = np.asarray(batch["probs"], dtype=np.float32)
-    profile = -np.sort(-probs.reshape(probs.shape[0], -1), axis=1)
+    profile = -np.sort(-probs.reshape(probs.shape[0], -1), axis=1)[:, :p.profile_size]
     if p.normalize:
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
     return np.concatenate([x, np.float32(p.confidence_weight) * profile], axis=1)
