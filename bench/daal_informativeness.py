@@ -28,6 +28,7 @@ import torch
 
 from daal_ray.acquisition.daal.fit import DAALParams, daal_inputs, score_features, train_daal
 from daal_ray.acquisition.daal.synthetic import DENSE, known_answer_pool
+from daal_ray.cli.run import DIGITS_DAAL_EPOCHS
 from daal_ray.cycle import initial_pool
 from daal_ray.data import open_dataset
 from daal_ray.diagnostics import informativeness
@@ -35,7 +36,7 @@ from daal_ray.selection import min_sq_distances
 from daal_ray.settings import DataConfig
 from daal_ray.training import fit_task_model
 
-MAIN_JOB_DAAL_EPOCHS = 40  # jobs/digits.py's default
+MAIN_JOB_DAAL_EPOCHS = DIGITS_DAAL_EPOCHS  # jobs/digits.py's default
 
 VARIANTS: dict[str, dict] = {  # each against the defaults; "paper-*" puts one setting back at the paper's value
     "default": {},
@@ -43,6 +44,7 @@ VARIANTS: dict[str, dict] = {  # each against the defaults; "paper-*" puts one s
     "confidence-weight-3": {"confidence_weight": 3.0},
     "sequential": {"updates": "sequential"},
     "20-epochs": {"epochs": 20},
+    "40-epochs": {"epochs": 40},
     "paper-dropout-0.4": {"dropout": 0.4},
     "paper-udis-on-reconstruction": {"udis_fake": "reconstruction"},
     "paper-w-dpp-1": {"w_dpp": 1.0},

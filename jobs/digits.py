@@ -17,7 +17,7 @@ import os
 import sys
 
 from daal_ray.acquisition import strategy_names
-from daal_ray.cli.run import add_run_arguments, daal_epochs, run_from_args
+from daal_ray.cli.run import DIGITS_DAAL_EPOCHS, add_run_arguments, daal_epochs, run_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 
@@ -27,9 +27,10 @@ DEFAULT_STRATEGIES = [s for s in ("random", "entropy", "daal") if s in strategy_
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, with_dataset=False, strategies=",".join(DEFAULT_STRATEGIES), seeds=2, run_dir="runs/digits")
-    parser.add_argument("--daal-epochs", type=int, default=40,
-                        help="DAAL training epochs per cycle (default: 40, ~440 steps on this pool: "
-                             "DAAL's VAE needs a few hundred steps, see BENCHMARKS.md)")
+    parser.add_argument("--daal-epochs", type=int, default=DIGITS_DAAL_EPOCHS,
+                        help=f"DAAL training epochs per cycle (default: {DIGITS_DAAL_EPOCHS}, ~220 steps on this "
+                             f"pool: with the model's confidence in its input DAAL's score is as informative as "
+                             f"at 40, see BENCHMARKS.md)")
     # Measured in BENCHMARKS.md on 2 cores: one lane of experiments per core, each lane one
     # worker group running its experiments one after another, with task inference, is the
     # fastest setting for this small pool: no actor start-up per cycle, one worker-group

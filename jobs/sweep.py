@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daal_ray.cli.run import add_run_arguments, daal_epochs, sweep_from_args
+from daal_ray.cli.run import DIGITS_DAAL_EPOCHS, add_run_arguments, daal_epochs, sweep_from_args
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 
@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, strategies="random,entropy", seeds=3, run_dir="runs/sweep")
     parser.add_argument("--name", default="sweep", help="Tune experiment name (stable, so a re-run resumes)")
-    parser.add_argument("--daal-epochs", type=int, default=40,
-                        help="DAAL training epochs per cycle (default: 40, sized for the digits pool)")
+    parser.add_argument("--daal-epochs", type=int, default=DIGITS_DAAL_EPOCHS,
+                        help=f"DAAL training epochs per cycle (default: {DIGITS_DAAL_EPOCHS}, sized for the digits pool)")
     parser.add_argument("--smoke-test", action="store_true", help="2 seeds, 2 cycles, 2 epochs: a quick check")
     args = parser.parse_args(argv)
     if args.smoke_test:
