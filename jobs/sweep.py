@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     add_run_arguments(parser, strategies="random,entropy", seeds=3, run_dir="runs/sweep")
     parser.add_argument("--name", default="sweep", help="Tune experiment name (stable, so a re-run resumes)")
     parser.add_argument("--daal-epochs", type=int, default=DIGITS_DAAL_EPOCHS,
-                        help=f"DAAL training epochs per cycle (default: {DIGITS_DAAL_EPOCHS}, sized for the digits pool)")
+                        help=f"DAAL training epochs per cycle (default: {DIGITS_DAAL_EPOCHS}, "
+                             f"sized for the digits pool)")
     parser.add_argument("--smoke-test", action="store_true", help="2 seeds, 2 cycles, 2 epochs: a quick check")
     args = parser.parse_args(argv)
     if args.smoke_test:

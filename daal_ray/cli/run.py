@@ -29,8 +29,8 @@ from daal_ray.tuning import plan_experiments, preflight, run_experiments, run_sw
 
 logger = logging.getLogger("daal_ray")
 
-__all__ = ["DIGITS_DAAL_EPOCHS", "add_run_arguments", "configs_from_args", "csv_list", "daal_epochs", "run_from_args", "sweep_from_args",
-           "tracking_from_args"]
+__all__ = ["DIGITS_DAAL_EPOCHS", "add_run_arguments", "configs_from_args", "csv_list", "daal_epochs", "run_from_args",
+           "sweep_from_args", "tracking_from_args"]
 
 
 def csv_list(text: str) -> list[str]:

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
-from daal_ray.acquisition.daal.fit import DAALParams, daal_inputs, input_columns, score_features, train_daal
+from daal_ray.acquisition.daal.fit import (
+    FEATURES_ALONE_HINT,
+    DAALParams,
+    daal_inputs,
+    input_columns,
+    score_features,
+    train_daal,
+)
 from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
 from daal_ray.runtime import derive_seed, world
 from daal_ray.sampling import fit_features
@@ -55,7 +62,7 @@ class DAALStrategy(Strategy):
     description = "DAAL: ScoreNet trained against dual discriminators (uncertainty + representativeness), top-K"
     Params = DAALParams
     needs = frozenset({"features", "probs"})  # the probabilities for the confidence profile
-    needs_hint = ", or give daal confidence_weight=0 to read the features alone"
+    needs_hint = f", or {FEATURES_ALONE_HINT}"
     trains = True
 
     def __init__(self, params: DAALParams, seed: int, cycle: int) -> None:

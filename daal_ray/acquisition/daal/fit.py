@@ -194,7 +194,8 @@ class DAALParams(Config):
         check(len(self.vae_hidden) == 6, "daal vae_hidden takes 6 widths (encoder and decoder are 7-layer MLPs)")
         check(self.latent_dim >= 1, "daal latent_dim must be >= 1")
         check(math.isfinite(self.confidence_weight) and self.confidence_weight >= 0,
-              f"daal confidence_weight must be a finite number >= 0 (0 = the features alone), got {self.confidence_weight}")
+              f"daal confidence_weight must be a finite number >= 0 (0 = the features alone), "
+              f"got {self.confidence_weight}")
         check(self.profile_size >= 1, f"daal profile_size must be >= 1, got {self.profile_size}")
         check(self.max_fit_unlabeled >= 0, f"daal max_fit_unlabeled must be >= 0 (0 = all), got {self.max_fit_unlabeled}")
         check(self.checkpoint_every_s >= 0, f"daal checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
@@ -222,6 +223,10 @@ def normalize_features(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=1, eps=1e-8)
 
 
+# How to run DAAL on a pool without the model's probabilities (both errors that need it say so).
+FEATURES_ALONE_HINT = "give daal confidence_weight=0 to read the features alone"
+
+
 def input_columns(p: DAALParams) -> tuple[str, ...]:
     """The inference-output columns DAAL's input is built from (:func:`daal_inputs`)."""
     return ("features", "probs") if p.confidence_weight > 0 else ("features",)
@@ -241,8 +246,8 @@ def daal_inputs(batch: Mapping[str, np.ndarray], p: DAALParams) -> np.ndarray:
     if p.confidence_weight <= 0:
         return x
     if "probs" not in batch:
-        raise DataError("DAAL's input needs the task model's class probabilities (a 'probs' column) with "
-                        "confidence_weight > 0; set confidence_weight=0 to score on the features alone")
+        raise DataError(f"DAAL's input needs the task model's class probabilities (a 'probs' column) with "
+                        f"confidence_weight > 0; {FEATURES_ALONE_HINT}")
     probs = np.asarray(batch["probs"], dtype=np.float32)
     profile = -np.sort(-probs.reshape(probs.shape[0], -1), axis=1)[:, :p.profile_size]
     if p.normalize:
