@@ -42,6 +42,7 @@ import ray.data
 import torch
 
 from daal_ray.acquisition import FitContext, Strategy, build_strategy
+from daal_ray.acquisition.bald import EXPECTED_ENTROPY
 from daal_ray.config import AcquisitionConfig
 from daal_ray.data import get_dataset
 from daal_ray.errors import ConfigError, reraise_unwrapped
@@ -65,9 +66,9 @@ from daal_ray.training import load_state_dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PoolPredictor", "PoolSchema", "PoolSelection", "extract_features", "merge_scored", "pool_dataset",
-           "predictor_kwargs", "read_feature_pool", "read_id_pool", "select_from_features", "select_from_images",
-           "select_topk"]
+__all__ = ["PoolPredictor", "PoolSchema", "PoolSelection", "extract_features", "merge_scored", "pixel_mean_entropy",
+           "pool_dataset", "predictor_columns", "predictor_kwargs", "read_feature_pool", "read_id_pool",
+           "reduce_passes", "select_from_features", "select_from_images", "select_topk"]
 
 
 # ====================================================================== the pool
@@ -85,11 +86,48 @@ def pool_dataset(sample_ids: np.ndarray, labeled_ids: np.ndarray, scale: ScaleCo
 def pixel_mean_entropy(probs: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Predictive entropy of ``probs [n, C, ...]`` per location, averaged per sample ``[n]``
     (float64; clipped like :func:`daal_ray.acquisition.entropy.predictive_entropy`)."""
+    if probs.dim() == 2:  # one location per sample: no pixel map to keep small
+        p = probs.double().clamp(eps, 1.0)
+        return -(p * p.log()).sum(1)
     out = torch.empty(probs.shape[0], dtype=torch.float64, device=probs.device)
     for i in range(probs.shape[0]):  # one image at a time: the float64 copy is one image's
-        p = probs[i].double().clamp_(eps, 1.0)
+        # Out of place: a float64 input would otherwise be clipped where the caller holds it.
+        p = probs[i].double().clamp(eps, 1.0)
         out[i] = (-(p * p.log()).sum(0)).mean()
     return out
+
+
+def reduce_passes(passes: Iterable[torch.Tensor], expected_entropy: bool = False,
+                  ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Reduce MC dropout passes, one at a time, to ``(mean softmax, entropy of the mean,
+    mean per-pass entropy)``.
+
+    Args:
+        passes: the per-pass softmax ``[n, C, ...]`` (float64), consumed as it comes, so only
+            the running sums are held, never all T passes.
+        expected_entropy: also return the two entropies (per sample, ``[n]``, float64,
+            pixel means for dense predictions, :func:`pixel_mean_entropy`); ``(None, None)``
+            otherwise, so strategies that read only the mean pay no entropy per pass.
+
+    Both entropies come from the same function on float64 tensors: for one pass (what the
+    predictor runs without dropout) their difference, BALD's mutual information, is
+    exactly 0; for T identical passes it is 0 up to the rounding of the sum.
+    """
+    total: Optional[torch.Tensor] = None
+    entropy_sum: Optional[torch.Tensor] = None
+    count = 0
+    for p in passes:
+        total = p if total is None else total + p
+        if expected_entropy:
+            h = pixel_mean_entropy(p)
+            entropy_sum = h if entropy_sum is None else entropy_sum + h
+        count += 1
+    if total is None:
+        raise ValueError("reduce_passes needs at least one pass")
+    mean = total / count
+    if not expected_entropy:
+        return mean, None, None
+    return mean, pixel_mean_entropy(mean), entropy_sum / count
 
 
 class PoolPredictor:
@@ -100,7 +138,9 @@ class PoolPredictor:
     reduced per image before anything leaves the predictor: ``probs`` is the mean pixel
     softmax, and the column ``entropy`` ``[n]`` is the mean pixel predictive entropy (under
     MC dropout, of the mean softmax over the passes), which the entropy-based strategies
-    score when it is present.
+    score when it is present. With ``mc_expected_entropy`` (BALD) the output also has
+    ``entropy`` for classification and ``expected_entropy`` ``[n]``, the mean over the passes
+    of each pass's predictive entropy (pixel means for dense predictions), both float64.
 
     Args:
         data: the experiment's DataConfig as a dict.
@@ -115,14 +155,23 @@ class PoolPredictor:
             through the classifier head (:meth:`TaskModel.classify`) with dropout
             ``mc_dropout`` on the head's input (the penultimate features, or a segmentation
             model's last map); the backbone runs once.
-        mc_dropout: the dropout probability of those passes.
+        mc_dropout: the dropout probability of those passes; with 0 every pass is the same,
+            so one is run.
         mc_seed: seeds the dropout masks (with each batch's ids), so a rerun repeats them.
+        mc_expected_entropy: also emit ``entropy`` and ``expected_entropy`` (above), computed
+            in the same loop over the passes (:func:`reduce_passes`); needs ``mc_passes >= 1``.
+
+    Raises:
+        ConfigError: ``mc_expected_entropy`` without MC dropout passes.
     """
 
     def __init__(self, data: Mapping[str, Any], model_name: str, num_classes: int, in_channels: int,
                  checkpoint: str, threads: int = 1, use_gpu: bool = False,
                  acquisition: Optional[Mapping[str, Any]] = None, mc_passes: int = 0, mc_dropout: float = 0.0,
-                 mc_seed: int = 0) -> None:
+                 mc_seed: int = 0, mc_expected_entropy: bool = False) -> None:
+        if mc_expected_entropy and int(mc_passes) < 1:
+            raise ConfigError(f"PoolPredictor: mc_expected_entropy averages the entropy over MC dropout passes; "
+                              f"set mc_passes >= 1 (got {mc_passes})")
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dataset = get_dataset(DataConfig.from_dict(data))
@@ -130,6 +179,7 @@ class PoolPredictor:
         self.model.load_state_dict(load_state_dict(checkpoint))
         self.model.to(self.device).eval()
         self.mc_passes, self.mc_dropout, self.mc_seed = int(mc_passes), float(mc_dropout), int(mc_seed)
+        self.mc_expected_entropy = bool(mc_expected_entropy)
         self.head = None
         if acquisition is not None:
             strategy = build_strategy(AcquisitionConfig.from_dict(acquisition), seed=0, cycle=0)
@@ -151,12 +201,13 @@ class PoolPredictor:
             else:
                 feats, logits = self.model.forward_features(x)
             probs = torch.softmax(logits.float(), dim=1)
+            entropy = expected_entropy = None
             if self.mc_passes > 0:
-                probs = self._mc_probs(feats if head_in is None else head_in, ids)
-            entropy = None
+                probs, entropy, expected_entropy = self._mc_probs(feats if head_in is None else head_in, ids)
             if probs.dim() > 2:
                 # Dense predictions are reduced per image here: pixel maps never enter Ray Data.
-                entropy = pixel_mean_entropy(probs).cpu().numpy()
+                if entropy is None:
+                    entropy = pixel_mean_entropy(probs)
                 probs = probs.flatten(2).mean(2)
         out = {
             "sample_id": ids,
@@ -165,28 +216,37 @@ class PoolPredictor:
             "probs": probs.cpu().numpy(),
         }
         if entropy is not None:
-            out["entropy"] = entropy
+            out["entropy"] = entropy.cpu().numpy()
+        if expected_entropy is not None:
+            out[EXPECTED_ENTROPY] = expected_entropy.cpu().numpy()
         if self.head is not None:
             out[self.head.output_column] = head_out
         return out
 
-    def _mc_probs(self, feats: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
-        """Mean softmax over ``mc_passes`` passes of the head with dropout on ``feats`` (the head's input)."""
+    def _mc_probs(self, feats: torch.Tensor, ids: np.ndarray,
+                  ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Mean softmax over ``mc_passes`` passes of the head with dropout on ``feats`` (the
+        head's input), and with ``mc_expected_entropy`` the two entropies of
+        :func:`reduce_passes` (else ``None``)."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(derive_seed(self.mc_seed, int(ids[0]) if len(ids) else 0, len(ids)))
         keep = 1.0 - self.mc_dropout
-        total: Optional[torch.Tensor] = None
-        for _ in range(self.mc_passes):
-            if self.mc_dropout > 0:
-                mask = torch.rand(feats.shape, generator=gen, device=self.device) < keep
-                f = feats * mask / keep
-            else:
-                f = feats
-            # Summed in float64: with dropout off the mean of identical passes is exactly
-            # the one-pass softmax, so MC dropout with p = 0 equals entropy bit for bit.
-            p = torch.softmax(self.model.classify(f).float(), dim=1).double()
-            total = p if total is None else total + p
-        return (total / self.mc_passes).float()
+        # Without dropout every pass is the deterministic head: one pass is all of them, and
+        # its mean is that pass exactly, so MC dropout with p = 0 equals entropy bit for bit.
+        passes = self.mc_passes if self.mc_dropout > 0 else 1
+
+        def softmax_passes() -> Iterable[torch.Tensor]:
+            for _ in range(passes):
+                if self.mc_dropout > 0:
+                    mask = torch.rand(feats.shape, generator=gen, device=self.device) < keep
+                    f = feats * mask / keep
+                else:
+                    f = feats
+                # Summed in float64: T passes add no rounding of their own to the mean.
+                yield torch.softmax(self.model.classify(f).float(), dim=1).double()
+
+        mean, entropy, expected_entropy = reduce_passes(softmax_passes(), self.mc_expected_entropy)
+        return mean.float(), entropy, expected_entropy
 
 
 _TASK_PREDICTORS: dict[str, PoolPredictor] = {}
@@ -221,6 +281,15 @@ def predictor_kwargs(*, data: DataConfig, model_name: str, num_classes: int, in_
                 checkpoint=checkpoint, threads=max(1, int(scale.cpus_per_inference_actor)),
                 use_gpu=_inference_gpu(scale), acquisition=acquisition.to_dict() if acquisition is not None else None,
                 **(strategy.predictor_options() if strategy is not None else {}))
+
+
+def predictor_columns(predictor: Mapping[str, Any]) -> set[str]:
+    """The columns a strategy may read (its ``needs``) that a :class:`PoolPredictor` built
+    from ``predictor`` (:func:`predictor_kwargs`) emits."""
+    columns = {"features", "probs"}
+    if predictor.get("mc_expected_entropy"):
+        columns |= {"entropy", EXPECTED_ENTROPY}
+    return columns
 
 
 def _inference_gpu(scale: ScaleConfig) -> bool:
@@ -505,10 +574,10 @@ def select_from_images(source: Source, strategy: Strategy, k: int, labeled_ids: 
     scale = scale or ScaleConfig()
     lab = _sorted_ids(labeled_ids)
     ids_pool = read_id_pool(source, lab, scale)
-    _check_needs(strategy, {"features", "probs"}, "the task model's output")
-    _check_topk(strategy)
     predictor = predictor_kwargs(data=data, model_name=model_name, num_classes=num_classes, in_channels=in_channels,
                                  checkpoint=checkpoint, scale=scale, acquisition=acquisition, strategy=strategy)
+    _check_needs(strategy, predictor_columns(predictor), "the task model's output")
+    _check_topk(strategy)
     seconds = {}
     if fit and strategy.trains:
         t0 = time.perf_counter()

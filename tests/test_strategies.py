@@ -210,3 +210,65 @@ def test_random_strategy_score_independent_of_other_rows():
     ids = np.arange(100, 200, dtype=np.int64)
     full = s.score({"sample_id": ids})
     np.testing.assert_array_equal(s.score({"sample_id": ids[40:60]}), full[40:60])
+
+
+# --------------------------------------------------------------------------- margin, least confidence
+def test_margin_and_least_confidence_by_hand():
+    from daal_ray.acquisition.uncertainty import sample_margin, top_two
+
+    probs = np.array([[0.5, 0.5, 0.0, 0.0, 0.0],  # a two-way tie: margin 0, top-1 0.5
+                      [0.4, 0.15, 0.15, 0.15, 0.15],  # spread out: margin 0.25, top-1 0.4
+                      [0.9, 0.05, 0.05, 0.0, 0.0]])  # confident: margin 0.85, top-1 0.9
+    np.testing.assert_allclose(sample_margin(probs), [0.0, 0.25, 0.85])
+    np.testing.assert_allclose(top_two(probs)[1], [0.5, 0.15, 0.05])
+    batch = {"sample_id": np.array([10, 11, 12]), "probs": probs}
+    np.testing.assert_allclose(make("margin").score(batch), [0.0, -0.25, -0.85])
+    np.testing.assert_allclose(make("least_confidence").score(batch), [0.5, 0.6, 0.1])
+    # The three scores disagree on the first two rows: margin puts the tie first, entropy and
+    # least confidence the spread-out row.
+    h = predictive_entropy(probs)
+    assert h[1] > h[0] and make("margin").score(batch)[0] > make("margin").score(batch)[1]
+    assert make("margin").needs == make("least_confidence").needs == frozenset({"probs"})
+    assert top_two(np.array([[1.0], [1.0]]))[1].tolist() == [0.0, 0.0]  # one class: no second
+
+
+@pytest.mark.parametrize("name", ["margin", "least_confidence"])
+def test_margin_strategies_pick_the_hesitant_samples_any_block_layout(name):
+    """A tenth of the pool hesitates between two classes (top-2 0.45 / 0.44), the rest is
+    confident. The top 30 are all hesitant ones, whatever the blocks; a uniform draw of 30
+    gets about 3 (at most 12 in 1,000 seeded draws)."""
+    p = pool(n=400, n_labeled=40, classes=5, seed=4)
+    rng = np.random.default_rng(0)
+    hesitant = rng.random(400) < 0.1
+    confident = rng.dirichlet(np.full(5, 0.2), 400) * 0.3 + np.eye(5)[rng.integers(0, 5, 400)] * 0.7
+    tie = np.tile([0.45, 0.44, 0.04, 0.04, 0.03], (400, 1))
+    p["probs"] = np.where(hesitant[:, None], tie, confident).astype(np.float32)
+    want = set(p["sample_id"][hesitant & ~p["labeled"]].tolist())
+    strategy = make(name)
+    ids, _, _ = strategy.select(ctx_of(p), 30)
+    assert len(set(ids.tolist()) & want) == 30
+    ids_blocks, _, _ = strategy.select(ctx_of(p, features=split(p, 7)), 30)
+    np.testing.assert_array_equal(ids, ids_blocks)
+    unlabeled = p["sample_id"][~p["labeled"]]
+    uniform = [len(set(np.random.default_rng(s).choice(unlabeled, 30, replace=False).tolist()) & want)
+               for s in range(1000)]
+    assert max(uniform) <= 12
+
+
+def test_the_readme_strategy_table_names_every_registered_strategy():
+    """README's strategy table (what each is, where it comes from) cannot drift from the registry."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = text.split("<!-- strategy-table -->", 1)[1].strip().split("\n\n", 1)[0].splitlines()[2:]
+    named = set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 3 and all(cells), row  # a name, what it is, where it comes from
+        tokens = re.findall(r"`([A-Za-z_]+)`", cells[0])
+        suffix = next((t[1:] for t in tokens if t.startswith("X_")), "")
+        named |= {t + suffix.lstrip("_") if t.endswith("_") else t for t in tokens if not t.startswith("X_")}
+    assert named == set(strategy_names())
+    for name in ("daal_paper", "margin", "least_confidence", "bald", "bald_power"):
+        assert len(strategy_descriptions()[name]) > 20, name

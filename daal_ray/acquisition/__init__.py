@@ -3,6 +3,7 @@
 # Importing the strategy modules registers their strategies.
 from daal_ray.acquisition import (  # noqa: F401
     badge,
+    bald,
     coreset,
     daal,
     diverse,
@@ -13,6 +14,7 @@ from daal_ray.acquisition import (  # noqa: F401
     random,
     rss,
     suggestive,
+    uncertainty,
     vaal,
 )
 from daal_ray.acquisition.base import (

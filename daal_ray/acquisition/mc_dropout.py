@@ -9,11 +9,12 @@ configured through :meth:`Strategy.predictor_options`, not a second predictor.
 Choices: dropout sits before the head only, so T passes cost T small matrix products,
 not T backbone passes; the task models train without that dropout (the usual recipe for
 post-hoc MC dropout baselines when the model has none), so ``dropout`` is an
-inference-time setting. With ``dropout = 0`` every pass is the deterministic head and the
-scores equal the ``entropy`` strategy's exactly. The masks are seeded per experiment,
-cycle and batch, so a rerun repeats them. For segmentation the dropout falls on the map
-the 1 x 1 head reads, each pass is that head plus the upsampling, and the score is the
-mean pixel entropy of the mean softmax (the predictor's ``entropy`` column).
+inference-time setting. With ``dropout = 0`` every pass is the deterministic head (the
+predictor then runs one) and the scores equal the ``entropy`` strategy's exactly. The
+masks are seeded per experiment, cycle and batch, so a rerun repeats them. For
+segmentation the dropout falls on the map the 1 x 1 head reads, each pass is that head
+plus the upsampling, and the score is the mean pixel entropy of the mean softmax (the
+predictor's ``entropy`` column).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class MCDropoutParams(Config):
     dropout: float = 0.5
 
     def validate(self) -> None:
-        check(self.passes >= 1, f"MCDropoutParams.passes must be >= 1, got {self.passes}")
-        check(0.0 <= self.dropout < 1.0, f"MCDropoutParams.dropout must be in [0, 1), got {self.dropout}")
+        name = type(self).__name__  # BALD's params and the derived variants' share these checks
+        check(self.passes >= 1, f"{name}.passes must be >= 1, got {self.passes}")
+        check(0.0 <= self.dropout < 1.0, f"{name}.dropout must be in [0, 1), got {self.dropout}")
 
 
 @register_strategy

@@ -9,8 +9,19 @@ the sample's id and the cycle's seed (:func:`daal_ray.sampling.hash_uniform`), s
 key depends on its own sample only: the streaming top-K merge over any split of the pool
 returns the same sample, and a rerun the same batch.
 
-Scores must be non-negative (entropy, DAAL's sigmoid score, MC dropout's entropy); a
-score of 0 is never drawn while a positive one remains.
+Scores must be non-negative (entropy, DAAL's sigmoid score, MC dropout's entropy, BALD's
+mutual information); a score of 0 is never drawn while a positive one remains.
+
+``bald_power`` is PowerBALD (Kirsch et al. 2023), the project's batch-aware BALD, in place
+of exact BatchBALD (Kirsch et al. 2019). BatchBALD picks the batch greedily by the mutual
+information of the *joint* prediction of the batch, whose entropy it estimates over
+sampled class configurations: O(K N S) work for a batch of K from N samples with S
+configurations, and every greedy step needs the whole pool's per-pass probabilities in
+one process. At this project's pool sizes (tens of thousands to millions, K in the
+thousands) that is out of reach, and it does not stream. Top-K BALD instead fills the
+batch with near-duplicates that disagree in the same way; drawing the batch with
+probability proportional to BALD^(1/T) spreads it, and Kirsch et al. (2023) found it
+matches BatchBALD at the cost of top-K BALD.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from daal_ray.acquisition.bald import BALDStrategy
 from daal_ray.acquisition.base import Strategy, derive_variant
 from daal_ray.acquisition.daal import DAALStrategy
 from daal_ray.acquisition.entropy import EntropyStrategy
@@ -73,16 +85,18 @@ def _check_power(params: Any) -> None:
     check(params.temperature > 0, f"{type(params).__name__}.temperature must be > 0, got {params.temperature}")
 
 
-def power_variant(base: type[Strategy], name: Optional[str] = None, register: bool = True) -> type[Strategy]:
+def power_variant(base: type[Strategy], name: Optional[str] = None, register: bool = True,
+                  note: str = "") -> type[Strategy]:
     """Derive (and register) the stochastic version of the per-sample scorer ``base``,
-    named ``<base.name>_power``; call it once, at import time.
+    named ``<base.name>_power``; call it once, at import time. ``note`` is appended to
+    its description (where the variant comes from).
 
     Raises:
         TypeError: ``base`` selects by its own method, not by a top-K of its scores.
     """
     return derive_variant(
         base, PowerMixin, suffix="power", tag="Power", fields=[("temperature", float, 1.0)], validate=_check_power,
-        what="power: K drawn without replacement with probability proportional to score^(1/T)",
+        what="power: K drawn without replacement with probability proportional to score^(1/T)" + note,
         params_doc=f"{base.Params.__name__} plus ``temperature`` T: samples are drawn with probability "
                    f"proportional to score ** (1 / T).",
         name=name, register=register, scorers_only=True)
@@ -90,3 +104,5 @@ def power_variant(base: type[Strategy], name: Optional[str] = None, register: bo
 
 for _base in (DAALStrategy, EntropyStrategy, MCDropoutStrategy):
     power_variant(_base)
+power_variant(BALDStrategy, note=" (PowerBALD, Kirsch et al. 2023: the stochastic stand-in for exact BatchBALD, "
+                                 "whose joint entropies cost O(K N samples) per batch)")
