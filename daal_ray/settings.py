@@ -21,7 +21,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, TypeVar, Union
+from typing import Any, ClassVar, Literal, Mapping, Optional, TypeVar, Union
 
 from daal_ray.errors import ConfigError
 
@@ -98,7 +98,14 @@ class Config:
 
     Subclasses are ``@dataclass(frozen=True)``; fields are type-checked and coerced on
     construction, then :meth:`validate` runs its range checks.
+
+    ``RUN_LENGTH_PARAMS`` names the fields that change how a result is computed but not
+    what it is (a checkpoint interval, a chunk size): reports leave them out of a
+    strategy's label (:func:`daal_ray.report.variant_labels`). Every other field that
+    differs from its default is named in the label.
     """
+
+    RUN_LENGTH_PARAMS: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))

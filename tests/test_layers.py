@@ -2,8 +2,14 @@
 
 Every ``import`` and ``from ... import`` statement of every module is read with ``ast``,
 wherever it stands (module level, inside functions and classes, under ``if``), so a
-function-level import cannot hide a back-edge. ``from pkg import sub`` counts as an import
-of the submodule ``pkg.sub``.
+function-level import cannot hide a back-edge. The edges follow what Python runs:
+
+* ``from pkg import name`` reads the namespace of ``pkg`` (its ``__init__``), so it is an
+  edge to ``pkg`` even when ``name`` is a submodule (then also to ``pkg.name``). A submodule
+  that imports from its own package's ``__init__`` while that ``__init__`` imports it is a
+  package-init cycle: it sees a half-initialised package.
+* ``import a.b.c`` runs ``a/__init__``, ``a.b/__init__`` and ``a.b.c``: edges to each, except
+  the packages the importing module itself lies in (those are initialised before it runs).
 """
 
 from __future__ import annotations
@@ -54,19 +60,27 @@ def import_graph(root: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     for mod, path in mods.items():
         is_pkg = path.name == "__init__.py"
 
+        def own_package(name: str, mod: str = mod, is_pkg: bool = is_pkg) -> bool:
+            """``name`` is a package ``mod`` lies in (or ``mod`` itself, a package)."""
+            return name in mods and mods[name].name == "__init__.py" and (
+                mod.startswith(name + ".") or (is_pkg and name == mod))
+
         def visit(node: ast.AST, nested: bool, mod: str = mod, is_pkg: bool = is_pkg) -> None:
             for child in ast.iter_child_nodes(node):
                 inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))
                 targets: list[str] = []
                 if isinstance(child, ast.Import):
-                    targets = [a.name for a in child.names]
+                    for a in child.names:
+                        parts = a.name.split(".")
+                        targets += [".".join(parts[:i]) for i in range(1, len(parts) + 1)
+                                    if not own_package(".".join(parts[:i]))]
                 elif isinstance(child, ast.ImportFrom):
                     base = child.module or ""
                     if child.level:
                         here = mod.split(".") if is_pkg else mod.split(".")[:-1]
                         here = here[: len(here) - (child.level - 1)]
                         base = ".".join(here + ([base] if base else []))
-                    targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in child.names]
+                    targets = [base] + [f"{base}.{a.name}" for a in child.names if f"{base}.{a.name}" in mods]
                 for target in targets:
                     if target.split(".")[0] != pkg:
                         continue
@@ -117,6 +131,8 @@ def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def layer_of(module: str) -> int:
+    if module == PACKAGE.name:
+        return 0  # the package's own __init__ holds its version and imports nothing
     top = module.split(".")[1] if "." in module else ""
     for layer, names in LAYERS.items():
         if top in names:
@@ -141,7 +157,8 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
         "pkg/c.py": "import pkg.a\n",
     })
     edges, lazy = import_graph(pkg)
-    assert edges["pkg.b"] == {"pkg.a"} and lazy["pkg.b"] == {"pkg.a"}
+    # `from pkg import a` reads pkg's namespace too
+    assert edges["pkg.b"] == {"pkg", "pkg.a"} and lazy["pkg.b"] == {"pkg", "pkg.a"}
     assert find_cycles(edges) == [["pkg.a", "pkg.b"]]
 
 
@@ -149,14 +166,33 @@ def test_relative_and_submodule_imports_resolve(tmp_path):
     pkg = _write(tmp_path, {
         "pkg/__init__.py": "from .sub import x\n",
         "pkg/sub/__init__.py": "from . import x\n",
-        "pkg/sub/x.py": "from ..sub import y\n",
+        "pkg/sub/x.py": "from .y import f\nimport pkg.sub.z\n",
+        "pkg/sub/y.py": "def f():\n    return 1\n",
+        "pkg/sub/z.py": "",
+        "pkg/other.py": "import pkg.sub.y\n",
+    })
+    edges, _ = import_graph(pkg)
+    assert edges["pkg"] == {"pkg.sub", "pkg.sub.x"}
+    assert edges["pkg.sub"] == {"pkg.sub.x"}
+    # x lies in pkg.sub: importing its siblings runs no __init__ that is not already running
+    assert edges["pkg.sub.x"] == {"pkg.sub.y", "pkg.sub.z"}
+    # from outside pkg.sub, `import pkg.sub.y` runs pkg.sub's __init__ too
+    assert edges["pkg.other"] == {"pkg.sub", "pkg.sub.y"}
+    assert find_cycles(edges) == []
+
+
+def test_a_submodule_importing_through_its_package_init_is_a_cycle(tmp_path):
+    # `from pkg.sub import y` reads pkg.sub's namespace while pkg.sub's __init__ is still
+    # importing x: the package-init cycle, even though y is a submodule.
+    pkg = _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/sub/__init__.py": "from pkg.sub.x import g\n",
+        "pkg/sub/x.py": "from pkg.sub import y\ng = y\n",
         "pkg/sub/y.py": "",
     })
     edges, _ = import_graph(pkg)
-    assert edges["pkg"] == {"pkg.sub.x"}
-    assert edges["pkg.sub"] == {"pkg.sub.x"}
-    assert edges["pkg.sub.x"] == {"pkg.sub.y"}
-    assert find_cycles(edges) == []
+    assert edges["pkg.sub.x"] == {"pkg.sub", "pkg.sub.y"}
+    assert find_cycles(edges) == [["pkg.sub", "pkg.sub.x"]]
 
 
 # ---------------------------------------------------------------------- the package

@@ -1,5 +1,8 @@
 """DAAL: Dual Adversarial Network for Deep Active Learning (Wang et al.), strategy ``daal``.
 
+``daal`` is the project's improved default; ``daal_paper`` (:class:`DAALPaperStrategy`) runs
+every setting as the paper prints it (:class:`~daal_ray.acquisition.daal.fit.DAALPaperParams`).
+
 ScoreNet rates every unlabeled sample from its task-model feature and, by default, the
 model's confidence profile (``DAALParams.confidence_weight``); a VAE reconstructs the
 ``(1 - s) x`` uncertainty branch and the ``s x`` representativeness branch; uDis tells the
@@ -21,6 +24,7 @@ import torch
 from daal_ray.acquisition.base import FitContext, Strategy, register_strategy
 from daal_ray.acquisition.daal.fit import (
     FEATURES_ALONE_HINT,
+    DAALPaperParams,
     DAALParams,
     daal_inputs,
     input_columns,
@@ -31,7 +35,7 @@ from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreN
 from daal_ray.runtime import derive_seed, world
 from daal_ray.sampling import fit_features
 
-__all__ = ["DAALParams", "DAALStrategy", "Discriminator", "FeatureVAE", "ScoreNet"]
+__all__ = ["DAALPaperParams", "DAALPaperStrategy", "DAALParams", "DAALStrategy", "Discriminator", "FeatureVAE", "ScoreNet"]
 
 
 def features_by_labeled(features: Any, rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -106,3 +110,14 @@ class DAALStrategy(Strategy):
         state = dict(self.__dict__)
         state["_net"] = None  # rebuilt once per worker process from score_state
         return state
+
+
+@register_strategy
+class DAALPaperStrategy(DAALStrategy):
+    """DAAL exactly as the paper prints it (:class:`DAALPaperParams`): its input, losses and
+    Alg. 1, then the one-stage top-K of the ScoreNet's scores."""
+
+    name = "daal_paper"
+    description = ("DAAL as the paper prints it: features alone, dropout 0.4, Alg. 1's updates in order, Eq. 4 "
+                   "saturating and unweighted, top-K (daal is the project's improved default)")
+    Params = DAALPaperParams
