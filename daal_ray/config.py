@@ -23,8 +23,13 @@ from daal_ray.errors import ConfigError
 from daal_ray.models import build_model, check_model_name
 from daal_ray.settings import Config, DataConfig, ScaleConfig, TrainConfig, check
 
-__all__ = ["AcquisitionConfig", "Config", "DataConfig", "ExperimentConfig", "ScaleConfig", "TrainConfig", "check",
+__all__ = ["MAX_NAME_LEN", "AcquisitionConfig", "Config", "DataConfig", "ExperimentConfig", "ScaleConfig", "TrainConfig", "check",
            "resolve_config"]
+
+
+# Longest experiment name (its run directory's name, its MLflow run's, its Tune trial's tag):
+# well under the 255 bytes a file name may have.
+MAX_NAME_LEN = 120
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class ExperimentConfig(Config):
         check(self.budget >= 0, f"ExperimentConfig.budget must be >= 0, got {self.budget}")
         check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                f"ExperimentConfig.name must be a plain non-empty name, got {self.name!r}")
+        check(len(self.name.encode()) <= MAX_NAME_LEN,
+              f"ExperimentConfig.name must be at most {MAX_NAME_LEN} bytes (it names the run directory), got "
+              f"{len(self.name.encode())}: {self.name[:40]!r}...")
 
     def schedule(self, pool_size: int) -> tuple[int, int, int]:
         """Return ``(initial, per_cycle, selection_rounds)`` for a pool of ``pool_size``.
@@ -114,6 +122,12 @@ class ExperimentConfig(Config):
             )
         # Nearest whole number of batches, halves up, in integers.
         rounds = max(0, (2 * (target - initial) + per_cycle) // (2 * per_cycle))
+        if rounds == 0:
+            raise ConfigError(
+                f"the protocol labels nothing: the target of {target} samples (final_fraction "
+                f"{self.final_fraction} of {pool_size}) is less than half a batch of {per_cycle} beyond the initial "
+                f"{initial}; raise ExperimentConfig.final_fraction or lower step_fraction / budget"
+            )
         return initial, per_cycle, rounds
 
     def target(self, pool_size: int) -> int:

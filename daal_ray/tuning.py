@@ -21,6 +21,7 @@ compared on equal footing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +35,15 @@ import pyarrow as pa
 import ray.tune
 
 from daal_ray import errors as errors_mod
-from daal_ray.config import AcquisitionConfig, DataConfig, ExperimentConfig, ScaleConfig, TrainConfig, resolve_config
+from daal_ray.config import (
+    MAX_NAME_LEN,
+    AcquisitionConfig,
+    DataConfig,
+    ExperimentConfig,
+    ScaleConfig,
+    TrainConfig,
+    resolve_config,
+)
 from daal_ray.data import get_dataset_class, open_dataset
 from daal_ray.errors import ConfigError, DaalRayError, find_error
 from daal_ray.experiment import run_experiment, run_experiment_group
@@ -47,10 +56,21 @@ POLL_S = 1.0
 
 
 def experiment_name(cfg: ExperimentConfig, variant: str = "") -> str:
-    """Stable, readable run name: dataset-strategy[-variant]-seed[-budget]."""
-    strategy = f"{cfg.acquisition.strategy}-{variant}" if variant else cfg.acquisition.strategy
-    name = f"{cfg.data.name}-{strategy}-seed{cfg.seed}"
-    return f"{name}-budget{cfg.budget}" if cfg.budget else name
+    """Stable, readable run name: dataset-strategy[-variant]-seed[-budget], at most
+    :data:`MAX_NAME_LEN` characters.
+
+    Whitespace is dropped from the variant. A variant whose params make the name longer is cut to what fits and followed by the
+    first 8 hex digits of its SHA-1, so two variants never share a name; the seed and
+    budget stay at the end, readable. The full params are in every results row's config.
+    """
+    tail = f"-seed{cfg.seed}" + (f"-budget{cfg.budget}" if cfg.budget else "")
+    head = f"{cfg.data.name}-{cfg.acquisition.strategy}"
+    variant = re.sub(r"\s+", "", variant)  # list values ([8, 8]) read with spaces
+    if variant and len(head) + 1 + len(variant) + len(tail) > MAX_NAME_LEN:
+        digest = hashlib.sha1(variant.encode()).hexdigest()[:8]
+        room = max(0, MAX_NAME_LEN - len(head) - len(tail) - len(digest) - 2)
+        variant = f"{variant[:room].rstrip('-=')}-{digest}" if room else digest
+    return f"{head}-{variant}{tail}" if variant else f"{head}{tail}"
 
 
 def parse_strategy(spec: str) -> tuple[str, dict[str, Any], str]:

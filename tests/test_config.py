@@ -197,8 +197,13 @@ def test_schedule_explicit_budget():
     assert ExperimentConfig(budget=100).schedule(1000) == (100, 100, 3)
 
 
-def test_schedule_no_rounds_when_final_equals_initial():
-    assert ExperimentConfig(initial_fraction=0.4, final_fraction=0.4).schedule(1000) == (400, 50, 0)
+def test_a_protocol_that_labels_nothing_is_refused():
+    with pytest.raises(ConfigError, match="labels nothing.*final_fraction 0.4 of 1000"):
+        ExperimentConfig(initial_fraction=0.4, final_fraction=0.4).schedule(1000)
+    # 24 beyond the initial 400 is under half a batch of 50: no round; 25 is half: one round
+    with pytest.raises(ConfigError, match="labels nothing"):
+        ExperimentConfig(initial_fraction=0.4, final_fraction=0.424).schedule(1000)
+    assert ExperimentConfig(initial_fraction=0.4, final_fraction=0.425).schedule(1000) == (400, 50, 1)
 
 
 def test_schedule_budget_larger_than_pool_refused():
@@ -207,7 +212,7 @@ def test_schedule_budget_larger_than_pool_refused():
     # Boundary: the unlabeled remainder after the initial 100 is 900.
     with pytest.raises(ConfigError, match="budget"):
         ExperimentConfig(budget=901).schedule(1000)
-    assert ExperimentConfig(budget=900).schedule(1000)[1] == 900
+    assert ExperimentConfig(budget=900, final_fraction=0.95).schedule(1000)[1] == 900
 
 
 def _labeled_at_the_end(cfg: ExperimentConfig, n: int) -> tuple[int, list[int]]:

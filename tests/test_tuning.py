@@ -72,6 +72,50 @@ def test_strategy_variants_for_ablations():
             plan_experiments(dataset="digits", strategies=[bad])
 
 
+def _override_everything(value_of) -> str:
+    """A ``daal_paper[...]`` spec setting every one of its params (the longest override set)."""
+    import dataclasses
+    import json
+
+    from daal_ray.acquisition.daal import DAALPaperParams
+
+    return "daal_paper[" + ";".join(f"{f.name}={json.dumps(value_of(f.name, getattr(DAALPaperParams(), f.name)))}"
+                                    for f in dataclasses.fields(DAALPaperParams)) + "]"
+
+
+def _other(name, default):
+    if isinstance(default, bool):
+        return default if name == "use_udis" else not default  # one discriminator must stay
+    if isinstance(default, (int, float)) and name not in ("sigma", "dropout", "vae_dropout"):
+        return default + 1
+    return default
+
+
+def test_names_stay_bounded_with_every_param_overridden(tmp_path):
+    from daal_ray.config import MAX_NAME_LEN
+    from daal_ray.rundir import CONFIG_FILE, prepare_run_dir
+
+    long_spec = _override_everything(_other)
+    # the same overrides but one value: a distinct experiment that must get a distinct name
+    other_spec = long_spec.replace("latent_dim=33", "latent_dim=34")
+    assert len(long_spec) > 400 and other_spec != long_spec
+    configs = plan_experiments(dataset="digits", strategies=[long_spec, other_spec], seeds=[3], budgets=[30])
+    names = [c.name for c in configs]
+    assert len(set(names)) == 2
+    for name in names:
+        assert len(name) <= MAX_NAME_LEN
+        assert name.startswith("digits-daal_paper-epochs=31-batch_size=129-lr=1.0005") and name.endswith("-seed3-budget30")
+    for cfg in configs:  # the run directory can be made, and keeps the whole config
+        prepare_run_dir(tmp_path / cfg.name, cfg)
+        saved = (tmp_path / cfg.name / CONFIG_FILE).read_text()
+        assert '"latent_dim": 33' in saved or '"latent_dim": 34' in saved
+    # a short variant keeps its plain readable name
+    short = plan_experiments(dataset="digits", strategies=["daal[use_rdis=false]"], seeds=[0])[0]
+    assert short.name == "digits-daal-use_rdis=false-seed0"
+    with pytest.raises(ConfigError, match=f"at most {MAX_NAME_LEN} bytes"):
+        configs[0].replace(name="x" * (MAX_NAME_LEN + 1))
+
+
 def test_experiments_are_dealt_into_lanes_round_robin(tiny_config):
     configs = [tiny_config(s, seed=seed) for s in ("random", "entropy", "daal") for seed in (0, 1)]
     lanes = worker_group_lanes(configs, 2)
