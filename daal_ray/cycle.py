@@ -34,6 +34,7 @@ from daal_ray.models import build_model
 from daal_ray.results import RESULTS_FILE, STEP_COLUMNS, upsert_rows
 from daal_ray.runtime import (
     barrier,
+    check_reachable_everywhere,
     derive_seed,
     log_to_file,
     quiet_ray_data,
@@ -109,8 +110,14 @@ def _experiment_loop(loop_config: dict[str, Any]) -> None:
             ray.get(driver.commit.remote(0, ids, oracle_labels(dataset, ids), "initial"))
     barrier()
 
+    checked_nodes: set[str] = set()
     while True:
         t_cycle = time.perf_counter()
+        if rank == 0:
+            # Nodes that joined since the last cycle (autoscaled workers) see the run directory
+            # before this cycle gives them work: fail fast, naming the node, instead of losing
+            # a checkpoint or a results row written where the others cannot read it.
+            check_reachable_everywhere(run_dir, checked=checked_nodes)
         snap = ray.get(driver.snapshot.remote())
         cycle = snap["next_cycle"] - 1
         if snap["pending_cycle"] is not None:

@@ -31,6 +31,8 @@ import ray.util
 import torch
 import torch.distributed as dist
 from ray._private import ray_constants
+from ray._raylet import AuthenticationTokenLoader
+from ray._raylet import Config as RayConfig
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
 
@@ -53,6 +55,39 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
+
+
+AUTH_TOKEN_FILE = "auth_token"  # under the run directory, with --auth and no token of the user's
+
+
+def enable_token_auth(token_dir: Path) -> Path | None:
+    """Switch token authentication on for the Ray instance this process starts or joins.
+
+    Ray reads ``RAY_AUTH_MODE=token`` and the token from ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``; with it every call to the dashboard,
+    the job API and the GCS must carry the token (a call without one is refused with 401, a
+    wrong one with 403). When the user has no token, one is generated for this job and
+    written to ``token_dir/auth_token`` (readable by its owner only), the file a client then
+    points ``RAY_AUTH_TOKEN_PATH`` at. Children of this process (Ray's own) inherit both.
+
+    Returns:
+        The token file written, or None when the user's own token is used.
+    """
+    os.environ["RAY_AUTH_MODE"] = "token"
+    path: Optional[Path] = None
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        path = Path(token_dir) / AUTH_TOKEN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path.resolve())
+    # Ray read the mode and the token when it was imported: refresh both in this process, as
+    # Ray's own `_enable_token_auth` does, so the driver's calls carry the token too.
+    RayConfig.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    return path
 
 
 def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, log_to_driver: bool = True) -> None:
@@ -234,7 +269,8 @@ def _sees(path: str, token: str) -> bool:
         return False
 
 
-def check_reachable_everywhere(directory: Path, what: str = "the run directory", timeout_s: float = 60.0) -> int:
+def check_reachable_everywhere(directory: Path, what: str = "the run directory", timeout_s: float = 60.0,
+                               checked: Optional[set[str]] = None) -> int:
     """On a Ray cluster of several nodes, check that every alive node sees ``directory``.
 
     The ALDriver may restart on any node, Train workers and Tune trials run on any, and all
@@ -243,13 +279,21 @@ def check_reachable_everywhere(directory: Path, what: str = "the run directory",
     restarted actor starts from nothing. A marker file written here is read back by one task
     pinned to each node. Returns the number of nodes checked (0 on one node).
 
+    Args:
+        checked: node ids already checked, skipped, and updated with those that pass: how
+            the cycle loop checks, before each cycle, only the nodes that joined since (an
+            autoscaled cluster starts with none of its workers).
+
     Raises:
         ConfigError: a node does not see it, naming the node and the fix.
     """
     if not ray.is_initialized():
         return 0
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2:
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) < 2:
+        return 0
+    nodes = [n for n in alive if checked is None or n["NodeID"] not in checked]
+    if not nodes:
         return 0
     token = secrets.token_hex(8)
     marker = Path(directory) / f".reachable-{token}"
@@ -272,6 +316,8 @@ def check_reachable_everywhere(directory: Path, what: str = "the run directory",
     if silent:
         logger.warning("%s %s: node(s) %s did not answer the storage check within %.0f s", what, directory,
                        ", ".join(silent), timeout_s)
+    if checked is not None:  # a node that did not answer is asked again next time
+        checked.update(n["NodeID"] for n, name in zip(nodes, refs) if name in answered)
     return len(answered)
 
 

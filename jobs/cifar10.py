@@ -11,7 +11,7 @@ official python layout under ``--data-root`` (``cifar-10-batches-py/``), or
     python jobs/cifar10.py --data-root data --download --smoke-test     # quick check
     python jobs/cifar10.py --data-root data --strategy random,entropy,coreset,daal --use-gpu
     python jobs/cifar10.py --data-root data --strategy vaal_rss,learning_loss_rss --budget 1000 --use-gpu
-    ray job submit --working-dir . -- python jobs/cifar10.py --data-root /data --use-gpu
+    ray job submit --working-dir . -- python jobs/cifar10.py --data-root /data --run-dir /data/runs/cifar10 --use-gpu
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ official python layout under ``--data-root`` (``cifar-100-python/``), or
     python jobs/cifar100.py --data-root data --download --smoke-test     # quick check
     python jobs/cifar100.py --data-root data --strategy random,entropy,coreset,daal --use-gpu
     python jobs/cifar100.py --data-root data --strategy vaal_rss,learning_loss_rss --budget 1000 --use-gpu
-    ray job submit --working-dir . -- python jobs/cifar100.py --data-root /data --use-gpu
+    ray job submit --working-dir . -- python jobs/cifar100.py --data-root /data --run-dir /data/runs/cifar100 --use-gpu
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Needs the official layout under ``--data-root``: ``leftImg8bit/{train,val}/<city
     python jobs/cityscapes.py --data-root DIR --strategy daal --use-gpu
     python jobs/cityscapes.py --data-root DIR --strategy random,entropy,mc_dropout,suggestive,daal --use-gpu
     python jobs/cityscapes.py --data-root DIR --strategy learning_loss,learning_loss_rss --budget 30,75,150 --use-gpu
-    ray job submit --working-dir . -- python jobs/cityscapes.py --data-root DIR --strategy daal
+    ray job submit --working-dir . -- python jobs/cityscapes.py --data-root DIR --run-dir SHARED/runs --strategy daal
 
 ``--smoke-test`` writes a tiny synthetic Cityscapes (``RUN_DIR/fixture``) unless
 ``--data-root`` is given, and runs DAAL (or ``--strategy``) for 1 seed, 2 cycles and 1
@@ -42,7 +42,8 @@ def smoke_fixture(folder: Path) -> Path:
 
 JOB = PaperJob(
     "cityscapes", __doc__,
-    default_strategies=("random", "entropy", "coreset", "vaal", "learning_loss", "mc_dropout", "suggestive", "daal"),
+    default_strategies=("random", "entropy", "margin", "coreset", "vaal", "learning_loss", "mc_dropout", "suggestive",
+                        "daal", "daal_paper"),
     daal_epochs=100,
     metric="mIoU",
     # 256 x 512 pixels; pool inference and evaluation 16 images at a time.

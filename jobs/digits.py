@@ -1,13 +1,14 @@
 """The main job: the paper's protocol on scikit-learn's embedded digits.
 
 10% of the training pool labeled at random, +5% per cycle up to 40%, over 2 seeds, for
-each strategy (default: random, entropy, and daal once it is registered); prints the metric
-at each labeled fraction per strategy and writes ``runs/digits/learning_curve.png``.
+each strategy (default: random, entropy, margin and daal); prints the metric at each labeled
+fraction per strategy and writes ``runs/digits/learning_curve.png``.
 
     python jobs/digits.py
     python jobs/digits.py --strategies random,entropy --seeds 3 --num-workers 2
+    python jobs/digits.py --compare --seeds 5 --run-dir runs/compare && daal-ray report runs/compare
     python jobs/digits.py --concurrency 1                        # one worker group, one experiment at a time
-    ray job submit --working-dir . -- python jobs/digits.py     # on a running cluster
+    ray job submit --working-dir . -- python jobs/digits.py --run-dir SHARED/runs/digits  # on a cluster: shared storage
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from daal_ray.cli.run import DIGITS_DAAL_EPOCHS, add_run_arguments, daal_epochs,
 from daal_ray.errors import DaalRayError
 from daal_ray.runtime import setup_logging
 
-DEFAULT_STRATEGIES = [s for s in ("random", "entropy", "daal") if s in strategy_names()]
+DEFAULT_STRATEGIES = [s for s in ("random", "entropy", "margin", "daal") if s in strategy_names()]
+# `--compare`: every baseline the acquisition claims are judged against, and both DAALs
+# (BENCHMARKS.md's paired digits table is this list over 5 seeds).
+COMPARE_STRATEGIES = [s for s in ("random", "entropy", "margin", "least_confidence", "bald", "bald_power",
+                                  "cluster_margin", "badge", "daal", "daal_paper") if s in strategy_names()]
 
 
 def main(argv=None) -> int:
@@ -37,7 +42,12 @@ def main(argv=None) -> int:
     # start-up per lane, and every core busy (a worker trains on one thread).
     parser.set_defaults(concurrency=os.cpu_count() or 1, inference_compute="tasks")
     parser.add_argument("--smoke-test", action="store_true", help="1 seed, 2 cycles, 3 epochs: a quick check")
+    parser.add_argument("--compare", action="store_true",
+                        help=f"run every baseline and both DAALs ({','.join(COMPARE_STRATEGIES)}) instead of "
+                             f"--strategies; with --seeds 5 for a claim")
     args = parser.parse_args(argv)
+    if args.compare:
+        args.strategies = ",".join(COMPARE_STRATEGIES)
     if args.smoke_test:
         args.seeds, args.epochs, args.final_fraction = 1, args.epochs or 3, args.final_fraction or 0.15
     setup_logging()

@@ -11,7 +11,7 @@ At the end it writes the paper-style figures and tables into --run-dir/report.
     python jobs/sweep.py --strategies random,entropy,daal --budget 45,90,180 --seeds 3
     python jobs/sweep.py --smoke-test                        # 2 x 2 trials, 2 cycles, 2 epochs
     daal-ray report runs/sweep                               # the report again, any time
-    ray job submit --working-dir . -- python jobs/sweep.py --concurrency 8 --use-gpu
+    ray job submit --working-dir . -- python jobs/sweep.py --run-dir SHARED/runs/sweep --concurrency 8 --use-gpu
 """
 
 from __future__ import annotations

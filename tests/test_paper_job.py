@@ -49,6 +49,30 @@ def _fake_cifar(root: Path, name: str, n_train: int = 40, n_test: int = 12) -> N
         (base / "test").write_bytes(pickle.dumps(batch(n_test), protocol=2))
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cityscapes"])
+def test_paper_jobs_run_both_daals_under_their_own_names(name, tmp_path):
+    """The paper jobs run the project's daal and daal_paper side by side, each named apart
+    in its experiments (and so in every results row and figure), and the peers' baselines."""
+    job = _load_job(name)
+    args = job.JOB.parse_args(["--data-root", str(tmp_path)])
+    wanted = {"random", "entropy", "margin", "daal", "daal_paper"}
+    assert wanted <= set(args.strategies.split(","))
+    configs = configs_from_args(args, dataset=name, strategy_params=job.JOB.strategy_params(args))
+    by_strategy = {c.acquisition.strategy: c for c in configs if c.seed == 0}
+    assert by_strategy["daal"].name == f"{name}-daal-seed0"
+    assert by_strategy["daal_paper"].name == f"{name}-daal_paper-seed0"
+    assert by_strategy["daal_paper"].acquisition.params == by_strategy["daal"].acquisition.params  # epochs only
+    if name == "cifar10":
+        assert {"least_confidence", "bald", "bald_power"} <= set(by_strategy)
+
+
+def test_the_digits_comparison_runs_every_baseline_and_both_daals():
+    job = _load_job("digits")
+    assert {"random", "entropy", "margin", "least_confidence", "bald", "bald_power", "daal",
+            "daal_paper"} <= set(job.COMPARE_STRATEGIES)
+    assert {"random", "entropy", "margin", "daal"} == set(job.DEFAULT_STRATEGIES)
+
+
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_jobs_accept_every_strategy(name, tmp_path):
     _fake_cifar(tmp_path, name)

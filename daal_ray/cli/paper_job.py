@@ -26,7 +26,9 @@ class PaperJob:
     Attributes:
         dataset: registered dataset name.
         doc: the job script's docstring, shown by ``--help``.
-        default_strategies: run when ``--strategy`` is not given (those registered).
+        default_strategies: run when ``--strategy`` is not given (those registered): the
+            peers' baselines and both DAALs, the project's default ``daal`` and ``daal_paper``
+            as the paper prints it, each under its own name in results and figures.
         daal_epochs: DAAL epochs per cycle (paper: 150 on CIFAR, 100 on Cityscapes).
         metric: the metric's name in the figure title (the experiments' metric follows
             the dataset's task).
@@ -41,7 +43,8 @@ class PaperJob:
 
     dataset: str
     doc: str
-    default_strategies: tuple[str, ...] = ("random", "entropy", "coreset", "daal")
+    default_strategies: tuple[str, ...] = ("random", "entropy", "margin", "least_confidence", "coreset", "bald",
+                                           "bald_power", "cluster_margin", "badge", "daal", "daal_paper")
     daal_epochs: int = 150
     metric: str = "accuracy"
     defaults: Mapping[str, Any] = field(default_factory=dict)

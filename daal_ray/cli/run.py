@@ -23,7 +23,7 @@ from daal_ray.errors import DaalRayError
 from daal_ray.progress import CycleProgress
 from daal_ray.report import build_report, format_table, plot_learning_curves
 from daal_ray.results import RESULTS_FILE
-from daal_ray.runtime import init_ray, log_to_file, ray_logs_dir, setup_logging, stop_logging_to
+from daal_ray.runtime import enable_token_auth, init_ray, log_to_file, ray_logs_dir, setup_logging, stop_logging_to
 from daal_ray.tracking import INSTALL_HINT, TrackingTarget, open_target, sweep_callback, watch_results
 from daal_ray.tuning import plan_experiments, preflight, run_experiments, run_sweep
 
@@ -89,6 +89,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, with_dataset: bool = True, 
                         "as resources allow, one Tune trial each (default: %(default)s)")
     r.add_argument("--num-cpus", type=int, default=None,
                    help="logical CPUs of a locally started Ray (default: max(8, 4 x cores)); ignored on a cluster")
+    r.add_argument("--auth", action="store_true",
+                   help="token authentication for the Ray instance (RAY_AUTH_MODE=token): every dashboard, job "
+                        "API and GCS call must carry the token; your token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+                        "or ~/.ray/auth_token), else one generated into RUN_DIR/auth_token")
     o = p.add_argument_group("output")
     o.add_argument("--verbose", action="store_true",
                    help="print every log record (the workers', Ray's and DAAL's losses) instead of one line per "
@@ -175,6 +179,10 @@ def run_job(args: argparse.Namespace, configs: list[ExperimentConfig], run_dir: 
     try:
         logger.info("running %d experiment(s) under %s: %s", len(configs), run_dir,
                     ", ".join(c.name for c in configs))
+        if getattr(args, "auth", False):
+            token = enable_token_auth(run_dir)
+            if token is not None:
+                print(f"token auth: on; the token is in {token} (RAY_AUTH_TOKEN_PATH={token} for clients)")
         init_ray(num_cpus=args.num_cpus, log_to_driver=verbose)
         _link_ray_logs(run_dir)
         progress = CycleProgress(configs, run_dir, bar=None if getattr(args, "progress", True) and not verbose else False)
