@@ -48,6 +48,27 @@ def tiny_config():
     return make
 
 
+@pytest.fixture
+def digits_predictor(tmp_path):
+    """``build(**options)``: a pool predictor of an untrained, seeded digits ``small_cnn``
+    (saved as the cycle checkpoint), with predictor options; ``build.model`` is that model."""
+    import torch
+
+    from daal_ray.config import DataConfig
+    from daal_ray.models import build_model
+    from daal_ray.scoring import PoolPredictor
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, in_channels=1)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+
+    def build(**options):
+        return PoolPredictor(DataConfig().to_dict(), "small_cnn", 10, 1, str(tmp_path / "model.pt"), **options)
+
+    build.model = model.eval()
+    return build
+
+
 def pytest_collection_modifyitems(config, items):
     # The real three-node cluster of tests/test_cluster.py runs after the multi-node
     # scenarios have finished (tests/test_multinode.py waits for them): two clusters of

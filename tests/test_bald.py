@@ -136,18 +136,6 @@ def test_entropy_picks_both_kinds_and_bald_only_the_disagreeing(known_pool):
 
 
 # ---------------------------------------------------------------------- the predictor's columns
-@pytest.fixture
-def digits_predictor(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("small_cnn", num_classes=10, in_channels=1)
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-
-    def build(**options):
-        return PoolPredictor(DataConfig().to_dict(), "small_cnn", 10, 1, str(tmp_path / "model.pt"), **options)
-
-    return model.eval(), build
-
-
 def _own_passes(model, x: torch.Tensor, ids: np.ndarray, options: dict) -> np.ndarray:
     """The model's T dropout passes ``[T, n, C, ...]``, masks drawn as the predictor draws them."""
     gen = torch.Generator()
@@ -163,7 +151,8 @@ def _own_passes(model, x: torch.Tensor, ids: np.ndarray, options: dict) -> np.nd
 
 
 def test_predictor_expected_entropy_is_the_mean_entropy_of_the_models_own_passes(digits_predictor):
-    model, build = digits_predictor
+    build = digits_predictor
+    model = build.model
     strategy = make("bald", passes=6, dropout=0.5)
     options = strategy.predictor_options()
     predictor = build(**options)
@@ -190,7 +179,7 @@ def test_predictor_expected_entropy_is_the_mean_entropy_of_the_models_own_passes
 
 
 def test_dropout_off_gives_exactly_zero(digits_predictor):
-    _, build = digits_predictor
+    build = digits_predictor
     strategy = make("bald", passes=5, dropout=0.0)
     predictor = build(**strategy.predictor_options())
     ids = predictor.dataset.sample_ids("train")[:100]
@@ -226,7 +215,7 @@ def test_segmentation_scores_the_mean_pixel_mutual_information(tmp_path):
 
 
 def test_the_predictor_refuses_expected_entropy_without_passes(digits_predictor):
-    _, build = digits_predictor
+    build = digits_predictor
     with pytest.raises(ConfigError, match="mc_passes >= 1"):
         build(mc_expected_entropy=True)
 

@@ -12,22 +12,9 @@ from strategy_helpers import make
 from daal_ray.acquisition import build_strategy
 from daal_ray.acquisition.entropy import EntropyStrategy
 from daal_ray.acquisition.mc_dropout import MCDropoutStrategy
-from daal_ray.config import AcquisitionConfig, DataConfig
+from daal_ray.config import AcquisitionConfig
 from daal_ray.errors import ConfigError
 from daal_ray.models import build_model
-from daal_ray.scoring import PoolPredictor
-
-
-@pytest.fixture
-def digits_predictor(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("small_cnn", num_classes=10, in_channels=1)
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-
-    def build(**options):
-        return PoolPredictor(DataConfig().to_dict(), "small_cnn", 10, 1, str(tmp_path / "model.pt"), **options)
-
-    return build
 
 
 def test_mc_dropout_with_dropout_off_equals_entropy_exactly(digits_predictor):
