@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
+from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 from daal_ray.acquisition import Strategy
 from daal_ray.acquisition.entropy import predictive_entropy
@@ -124,43 +126,39 @@ DIAGNOSTIC_SAMPLE = 4096
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x``, ties given their average rank."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(x.size, dtype=np.float64)
-    sx = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sx)) + 1]
-    ends = np.r_[starts[1:], x.size]
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = 0.5 * (a + b - 1) + 1.0
-    return ranks
+    """Ranks 1..n of ``x``, ties given their average rank (:func:`scipy.stats.rankdata`)."""
+    return stats.rankdata(np.asarray(x, dtype=np.float64), method="average")
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U,
-    ties counted half): the chance that a random positive outscores a random negative.
-    NaN without both classes."""
+    """Area under the ROC curve of ``scores`` for the boolean ``positive``
+    (:func:`sklearn.metrics.roc_auc_score`; tied scores count half): the chance that a
+    random positive outscores a random negative. NaN without both classes."""
     s = np.asarray(scores, dtype=np.float64)
     pos = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
+    if pos.all() or not pos.any():
         return float("nan")
-    r = average_ranks(s)
-    return float((r[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(pos, s))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (ties averaged); NaN when either side is constant."""
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+    """Spearman's rank correlation (:func:`scipy.stats.spearmanr`, ties averaged); NaN when
+    either side is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def informativeness(scores: Optional[np.ndarray], probs: np.ndarray, labels: Optional[np.ndarray],
                     entropy: Optional[np.ndarray] = None) -> dict[str, float]:
     """What a strategy's scores say about the current model, on unlabeled samples whose
     oracle labels are known (the simulated oracle).
+
+    ``probs`` are the predictions the errors and losses are judged on: the model's own
+    deterministic predictions, the ones its reported accuracy is measured with, whatever
+    the strategy scored with (:func:`cycle_informativeness` passes those for MC dropout
+    and BALD too, whose scores come from dropout passes).
 
     Returns:
         ``auroc_wrong``: AUROC of the score for "the model misclassifies this sample" (0.5 =
@@ -183,6 +181,12 @@ def informativeness(scores: Optional[np.ndarray], probs: np.ndarray, labels: Opt
     return out
 
 
+def deterministic_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """:func:`~daal_ray.scoring.predictor_kwargs` without MC dropout passes: the model's own
+    predictions."""
+    return {k: v for k, v in kwargs.items() if not k.startswith("mc_")}
+
+
 def _predict(predictor: PoolPredictor, ids: np.ndarray, step: int) -> dict[str, np.ndarray]:
     """The pool predictor's output for ``ids`` (all unlabeled), in chunks of ``step``."""
     parts = [predictor({"sample_id": ids[i:i + step], "labeled": np.zeros(min(step, ids.size - i), bool)})
@@ -198,7 +202,9 @@ def cycle_informativeness(cfg: ExperimentConfig, dataset: PoolDataset, strategy:
     The cycle's own pool predictor (:func:`daal_ray.scoring.predictor_kwargs`: the model,
     a strategy's joint head, MC dropout's passes) runs here on a seeded uniform sample of
     at most ``sample`` unlabeled ids, the fitted ``strategy`` scores them, and the
-    simulated oracle's labels say which the model gets wrong (:func:`informativeness`).
+    simulated oracle's labels say which the model gets wrong (:func:`informativeness`):
+    the model's own deterministic predictions, also where the strategy's predictor runs MC
+    dropout passes (those only make its score).
     ``batch_labeled_distance`` is the mean Euclidean distance, in the model's features, from
     each selected sample to its nearest labeled one (at most ``sample`` labeled ids, a
     seeded sample). Memory and time are O(sample), whatever the pool's size.
@@ -219,9 +225,10 @@ def _informativeness(cfg: ExperimentConfig, dataset: PoolDataset, strategy: Stra
     key = derive_seed(cfg.seed, strategy.cycle, 0xD1A6)
     unlabeled = np.setdiff1d(np.asarray(pool_ids, np.int64), np.asarray(labeled, np.int64))
     ids = random_subset(unlabeled, sample, key)
-    predictor = PoolPredictor(**predictor_kwargs(
+    kwargs = predictor_kwargs(
         data=cfg.data, model_name=cfg.train.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-        checkpoint=str(checkpoint), scale=cfg.scale, acquisition=cfg.acquisition, strategy=strategy))
+        checkpoint=str(checkpoint), scale=cfg.scale, acquisition=cfg.acquisition, strategy=strategy)
+    predictor = PoolPredictor(**kwargs)
     step = cfg.scale.inference_batch_size
     out = _predict(predictor, ids, step)
     try:
@@ -229,7 +236,14 @@ def _informativeness(cfg: ExperimentConfig, dataset: PoolDataset, strategy: Stra
     except NotImplementedError:  # selects without a per-sample score (core-set)
         scores = None
     labels = dataset.targets("train", ids) if dataset.task == "classification" and ids.size else None
-    row = informativeness(scores, out.get("probs", np.zeros((0, 1))), labels, out.get("entropy"))
+    judged, entropy = out.get("probs", np.zeros((0, 1))), out.get("entropy")
+    if predictor.mc_passes > 0 and ids.size:
+        # MC dropout's probs are the mean of its passes; the errors are judged on the model's
+        # own (deterministic) predictions, the ones its accuracy is measured with, as for
+        # every other strategy.
+        plain = _predict(PoolPredictor(**deterministic_kwargs(kwargs)), ids, step)
+        judged, entropy = plain["probs"], None
+    row = informativeness(scores, judged, labels, entropy)
     centres = _predict(predictor, random_subset(np.asarray(labeled, np.int64), sample, key), step)
     picked = _predict(predictor, np.asarray(batch, np.int64), step)
     if centres and picked:

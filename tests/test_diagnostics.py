@@ -153,3 +153,43 @@ def test_a_failing_diagnostic_is_nan_and_leaves_the_threads_alone(tmp_path, tiny
         torch.set_num_threads(threads)
     assert set(got) == {"auroc_wrong", "spearman_loss", "spearman_entropy", "batch_labeled_distance"}
     assert all(math.isnan(v) for v in got.values())
+
+
+def test_mc_dropout_is_judged_on_the_models_own_errors(tmp_path, tiny_config):
+    """MC dropout scores with the mean of its dropout passes, but "the model is wrong" is
+    the deterministic model's error (the one its accuracy is measured with), as for every
+    other strategy: the recorded AUROC equals one computed by hand against those errors, and
+    not the one against the MC mean's own errors (which differ on this model)."""
+    from sklearn.metrics import roc_auc_score
+
+    from daal_ray.acquisition.rss import random_subset
+    from daal_ray.runtime import derive_seed
+    from daal_ray.scoring import PoolPredictor, predictor_kwargs
+
+    cfg = resolve_config(tiny_config("mc_dropout"))
+    # one inference batch holds the whole sample, so the dropout masks (seeded per batch)
+    # are the ones the diagnostics drew
+    cfg = cfg.replace(acquisition=AcquisitionConfig("mc_dropout", {"passes": 3, "dropout": 0.7}),
+                      scale=cfg.scale.replace(inference_batch_size=1024))
+    ds = open_dataset(cfg.data)
+    ids = ds.sample_ids("train")
+    labeled = ids[:150]
+    model, _ = fit_task_model(ds, labeled, ds.targets("train", labeled), cfg.train.replace(epochs=2), seed=0,
+                              device=torch.device("cpu"))
+    torch.save(model.eval().state_dict(), tmp_path / "model.pt")
+    mc = build_strategy(cfg.acquisition, seed=0, cycle=1)
+    got = cycle_informativeness(cfg, ds, mc, ids, labeled, ids[200:203], tmp_path / "model.pt", sample=600)
+
+    sample = random_subset(np.setdiff1d(ids, labeled), 600, derive_seed(cfg.seed, 1, 0xD1A6))
+    kwargs = predictor_kwargs(data=cfg.data, model_name=cfg.train.model, num_classes=ds.num_classes,
+                              in_channels=ds.in_channels, checkpoint=str(tmp_path / "model.pt"), scale=cfg.scale,
+                              acquisition=cfg.acquisition, strategy=mc)
+    mean = PoolPredictor(**kwargs)({"sample_id": sample, "labeled": np.zeros(sample.size, bool)})
+    scores = mc.diagnostic_score(mean)
+    with torch.no_grad():
+        own = model.forward_features(ds.images("train", sample))[1].argmax(1).numpy()
+    y = ds.targets("train", sample)
+    own_wrong, mean_wrong = own != y, mean["probs"].argmax(1) != y
+    assert (own_wrong != mean_wrong).sum() >= 5, "the test needs MC means that err elsewhere than the model"
+    assert got["auroc_wrong"] == pytest.approx(roc_auc_score(own_wrong, scores), abs=1e-9)
+    assert abs(got["auroc_wrong"] - roc_auc_score(mean_wrong, scores)) > 1e-6

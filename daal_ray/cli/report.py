@@ -13,7 +13,9 @@ def add_report_arguments(p: Any) -> None:
     """Arguments of ``daal-ray report``."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --run-dir of a run or sweep")
     p.add_argument("--out", default=None, help="where figures and report.txt go (default: RUN_DIR/report)")
-    p.add_argument("--reference", default="random", help="strategy the others are paired against")
+    p.add_argument("--reference", default=None,
+                   help="comma list of the strategies every other is paired against, one table each "
+                        "(default: random,entropy,margin, those that ran)")
 
 
 def report_from_args(args: Any) -> int:
