@@ -2,8 +2,12 @@
 
 Every change (a proposed batch, a commit) is persisted before the call returns, and a
 restarted ALDriver reloads the state, so no committed label is lost and no budget is
-spent twice. The actor is named after its run directory, so the cycle loop, a resumed run
-and a labeling command all find the same one.
+spent twice. Each start claims a new fencing epoch before it loads the state, and every
+save carries it: an ALDriver that a partition left behind (Ray restarted it elsewhere, or
+a re-run took the run directory over) is refused when it writes
+(:class:`~daal_ray.errors.StaleWriterError`), so it cannot overwrite the newer state.
+The actor is named after its run directory, so the cycle loop, a resumed run and a
+labeling command all find the same one.
 
 This module imports only the pool state and the errors (not torch, not the strategies):
 an experiment group or a sweep starts one ALDriver process per experiment, so each must
@@ -12,6 +16,7 @@ stay small.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -23,7 +28,7 @@ import numpy as np
 import ray
 
 from daal_ray.errors import PoolStateError, find_error
-from daal_ray.pool import STATE_FILE, PoolState, load_last_good
+from daal_ray.pool import STATE_FILE, PoolState, claim_epoch, load_last_good
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +41,19 @@ class PoolKeeper:
     """Owns one experiment's :class:`PoolState`; every change is persisted before it returns.
 
     Wrapped as the :data:`ALDriver` actor; a plain object in unit tests. On (re)start it
-    reloads ``run_dir/pool_state.parquet`` when it exists.
+    claims a new fencing epoch in ``run_dir`` (every save carries it), then reloads
+    ``run_dir/pool_state.parquet`` when it exists. A change whose save fails (a full disk, or
+    a newer epoch took over) is undone in memory too, so the keeper stays on the state the
+    disk holds.
     """
 
     def __init__(self, run_dir: str, run_id: str, pool_ids: np.ndarray) -> None:
         self.path = Path(run_dir) / STATE_FILE
+        # Claimed before the load: a stale writer's save that lands before this is loaded,
+        # any after it is refused.
+        self.epoch = claim_epoch(run_dir)
         if self.path.exists():
-            self.state = load_last_good(self.path, run_id=run_id)
+            self.state = load_last_good(self.path, run_id=run_id, epoch=self.epoch)
             if not np.array_equal(self.state.sample_ids, np.sort(np.asarray(pool_ids, dtype=np.int64))):
                 raise PoolStateError(f"pool state {self.path} describes another pool than the dataset's training split; "
                                      f"use a new run directory for changed data")
@@ -61,21 +72,30 @@ class PoolKeeper:
             "pending_ids": s.pending_ids(),
             "num_pool": len(s),
             "history": [r.to_dict() for r in s.history],
+            "epoch": self.epoch,
         }
 
     def propose(self, cycle: int, ids: np.ndarray, expected_size: Optional[int] = None) -> np.ndarray:
-        before = self.state.pending_cycle
+        before = copy.deepcopy(self.state)
         out = self.state.propose(cycle, ids, expected_size=expected_size)
-        if self.state.pending_cycle != before:
-            self.state.save(self.path)
+        if self.state.pending_cycle != before.pending_cycle:
+            self._save_or_undo(before)
         return out
 
     def commit(self, cycle: int, ids: np.ndarray, labels: Optional[np.ndarray], strategy: str = "",
                partial: bool = False) -> bool:
+        before = copy.deepcopy(self.state)
         changed = self.state.commit(cycle, ids, labels, strategy=strategy, partial=partial)
         if changed:
-            self.state.save(self.path)
+            self._save_or_undo(before)
         return changed
+
+    def _save_or_undo(self, before: PoolState) -> None:
+        try:
+            self.state.save(self.path, epoch=self.epoch)
+        except BaseException:
+            self.state = before  # what the disk still holds
+            raise
 
     def pid(self) -> int:
         return os.getpid()

@@ -33,6 +33,12 @@ class RunLockedError(DaalRayError):
     """Another live process holds the run directory."""
 
 
+class StaleWriterError(DaalRayError):
+    """A writer whose fencing epoch is older than the run's newest one tried to replace a
+    file: another writer took the run over (a restarted ALDriver, or a retried run after
+    this one's lease expired), so the stale one is refused and the newer file stays."""
+
+
 class StorageError(DaalRayError, OSError):
     """A file could not be written: its file system is full, read-only or refuses us. The
     file being replaced is unchanged, so a re-run after the fix resumes from it."""

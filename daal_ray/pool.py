@@ -17,14 +17,27 @@ the rest pending; the cycle enters the history when its last id is labeled.
 It is saved as one parquet file by atomic replace (temp file, fsync, rename), with its
 history, run id and a content hash in the file's metadata; loading checks the hash and
 every invariant and refuses a corrupt or foreign file with a message naming it.
+
+Fencing: after a network partition a stale writer (an ALDriver that Ray restarted
+elsewhere, or a run whose lease was taken over) may still be alive and write. Every
+writer first claims a *fencing epoch* in the state's directory (:func:`claim_epoch`: the
+next number, created atomically under ``.epochs/``, so two claimers never share one), and
+every save carries it (:meth:`PoolState.save` with ``epoch``). Right before its rename a
+save checks the newest epoch claimed and the one recorded in the file it replaces, and a
+writer holding an older one is refused with :class:`~daal_ray.errors.StaleWriterError`:
+the newer state stays on disk. A writer claims its epoch *before* it loads the state, so
+whatever a stale writer saved before the claim is loaded, and nothing after it lands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +45,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from daal_ray.atomic_io import atomic_write_table, read_table_once, set_aside_torn
-from daal_ray.errors import PoolStateError
+from daal_ray.atomic_io import atomic_create, atomic_write_table, read_table_once, set_aside_torn
+from daal_ray.errors import PoolStateError, StaleWriterError
 
 # The pool state's file name in a run (or labeling project) directory.
 STATE_FILE = "pool_state.parquet"
@@ -44,6 +58,89 @@ logger = logging.getLogger(__name__)
 FORMAT = "daal-ray/pool-state"
 VERSION = 1
 _META_KEY = b"daal_ray"
+
+# The fencing epochs claimed in a state's directory: one file per epoch, named by its number.
+EPOCH_DIR = ".epochs"
+_EPOCH_NAME = re.compile(r"^[0-9]{12}$")
+# Older claims are pruned; the newest one alone decides, the rest only name past writers.
+_EPOCHS_KEPT = 8
+
+
+def newest_epoch(directory: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """The newest fencing epoch claimed in ``directory`` (0 if none) and its claim
+    (``host``, ``pid``, ``claimed_at``; empty if unreadable)."""
+    folder = Path(directory) / EPOCH_DIR
+    try:
+        numbers = [int(n) for n in os.listdir(folder) if _EPOCH_NAME.match(n)]
+    except FileNotFoundError:
+        return 0, {}
+    if not numbers:
+        return 0, {}
+    top = max(numbers)
+    try:
+        claim = json.loads((folder / f"{top:012d}").read_text())
+    except (OSError, ValueError):
+        claim = {}
+    return top, claim if isinstance(claim, dict) else {}
+
+
+def claim_epoch(directory: str | os.PathLike) -> int:
+    """Claim the next fencing epoch in ``directory``; returns it.
+
+    Each claim is a file created atomically (:func:`~daal_ray.atomic_io.atomic_create`), so
+    of two writers racing for one number exactly one gets it and the other takes the next:
+    no two writers ever hold the same epoch, on one host or several sharing the directory.
+
+    Raises:
+        StorageError: the directory's file system is full, read-only or refuses us.
+    """
+    folder = Path(directory) / EPOCH_DIR
+    while True:
+        epoch = newest_epoch(directory)[0] + 1
+        claim = {"epoch": epoch, "host": socket.gethostname(), "pid": os.getpid(), "claimed_at": time.time()}
+        if atomic_create(folder / f"{epoch:012d}", json.dumps(claim).encode()):
+            break
+    for name in os.listdir(folder):
+        if _EPOCH_NAME.match(name) and int(name) <= epoch - _EPOCHS_KEPT:
+            with contextlib.suppress(OSError):
+                (folder / name).unlink()
+    return epoch
+
+
+def epoch_of(path: str | os.PathLike) -> Optional[int]:
+    """The fencing epoch recorded in the saved state at ``path`` (None: no file, none
+    recorded, or unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = (pq.read_schema(fh).metadata or {}).get(_META_KEY)
+        epoch = json.loads(raw).get("epoch") if raw else None
+    except (OSError, ValueError, AttributeError, pa.ArrowException):
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
+def check_epoch(path: str | os.PathLike, epoch: int) -> None:
+    """Refuse a write of ``path`` by a writer holding fencing ``epoch`` if a newer one was
+    claimed in its directory or wrote the file.
+
+    Raises:
+        StaleWriterError: naming the file, both epochs and the newer claim's holder.
+    """
+    path = Path(path)
+    claimed, claim = newest_epoch(path.parent)
+    written = epoch_of(path) or 0
+    newest = max(claimed, written)
+    if newest <= epoch:
+        return
+    if newest == claimed and claim:
+        who = (f" (claimed by pid {claim.get('pid')} on host {claim.get('host')} at "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(claim.get('claimed_at', 0)))})")
+    else:
+        who = " (recorded in the file)"
+    raise StaleWriterError(
+        f"refusing to write {path}: this writer holds fencing epoch {epoch}, but epoch {newest} is newer{who}. "
+        f"Another ALDriver has taken the run over (Ray restarted it, or a re-run took over after this one lost its "
+        f"lease), so this writer is stale: {path} keeps the newer state, and this process should stop")
 
 
 def _as_ids(ids: Iterable[int] | np.ndarray, what: str = "sample ids") -> np.ndarray:
@@ -295,8 +392,19 @@ class PoolState:
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: temp file, fsync, rename; the previous file is kept as ``.prev``."""
+    def save(self, path: str | os.PathLike, epoch: Optional[int] = None) -> None:
+        """Write atomically: temp file, fsync, rename; the previous file is kept as ``.prev``.
+
+        Args:
+            epoch: the writer's fencing epoch (:func:`claim_epoch`), recorded in the file.
+                Right before the rename, a newer epoch claimed in the directory or recorded
+                in the file being replaced refuses the write. None writes unfenced (a new
+                state, or one tool writing alone under the run-directory lock).
+
+        Raises:
+            StaleWriterError: ``epoch`` is older than the newest; ``path`` is unchanged.
+            StorageError: the file system is full, read-only or refuses us.
+        """
         self.check()
         path = Path(path)
         meta = {
@@ -306,9 +414,11 @@ class PoolState:
             "pending_cycle": self.pending_cycle,
             "history": [r.to_dict() for r in self.history],
             "sha256": self._digest(),
+            "epoch": epoch,
         }
         table = self._table().replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-        atomic_write_table(table, path, keep_previous=True)
+        fence = None if epoch is None else (lambda: check_epoch(path, epoch))
+        atomic_write_table(table, path, keep_previous=True, before_replace=fence)
 
     @classmethod
     def load(cls, path: str | os.PathLike, run_id: Optional[str] = None) -> "PoolState":
@@ -366,14 +476,15 @@ class TornStateError(PoolStateError):
     """A pool-state file is torn, truncated or fails its checksum (not merely foreign)."""
 
 
-def load_last_good(path: str | os.PathLike, run_id: Optional[str] = None) -> PoolState:
+def load_last_good(path: str | os.PathLike, run_id: Optional[str] = None, epoch: Optional[int] = None) -> PoolState:
     """Load the state at ``path``; if that file is torn, resume from ``path.prev``.
 
     A torn file (unreadable, truncated, checksum mismatch) is moved aside to
     ``<name>.torn-<unix time>`` and logged as an error naming it; the previous generation,
     which :meth:`PoolState.save` keeps, is loaded and written back to ``path``. Falling back
     one generation is safe: the cycle loop redoes the last step with the same seed, and a
-    pending batch is committed with the same ids, so no budget is spent twice.
+    pending batch is committed with the same ids, so no budget is spent twice. The write
+    back carries ``epoch``, the caller's fencing epoch (see :meth:`PoolState.save`).
 
     Raises:
         PoolStateError: the file is foreign or breaks an invariant, or it is torn and the
@@ -393,6 +504,6 @@ def load_last_good(path: str | os.PathLike, run_id: Optional[str] = None) -> Poo
         torn = set_aside_torn(path)
         logger.error("pool state %s is torn (%s); resuming from the last good state %s; the torn file is kept as %s",
                      path, exc, prev, torn)
-        state.save(path)  # path is gone, so .prev stays the good generation
+        state.save(path, epoch=epoch)  # path is gone, so .prev stays the good generation
         return state
 

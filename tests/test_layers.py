@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "daal_ray"
 # The layers, bottom up (README: Architecture). A module imports only from its own layer or
 # below; within a layer the graph must still be acyclic.
 LAYERS = {
-    0: ("errors", "settings", "registry", "runtime", "atomic_io"),
+    0: ("errors", "settings", "registry", "runtime", "faults", "atomic_io"),
     1: ("data", "models", "pool", "results", "shards", "selection", "sampling"),
     2: ("acquisition", "config"),
     3: ("training", "scoring", "diagnostics"),

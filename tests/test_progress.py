@@ -134,9 +134,15 @@ def test_daal_losses_print_rounded():
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_ctrl_c_stops_a_job_within_seconds_and_says_how_to_resume(tmp_path):
     """SIGINT to the job's process group (what Ctrl-C sends) while a cycle runs on the
-    worker group: the job exits 130 with the resume message, and a re-run resumes."""
+    worker group: the job exits 130 with the resume message, and the same command run again
+    resumes and ends with the pool state of an uninterrupted run: the random strategy's
+    labeled set (a function of the seed and cycle, so known without running it), each cycle
+    once with its scheduled batch, one results row per cycle."""
+    from test_crash_points import EXPERIMENT, check_pool, outcome, uninterrupted_random_outcome
+
     run_dir = tmp_path / "runs"
     cmd = [sys.executable, str(REPO / "jobs" / "digits.py"), "--smoke-test", "--strategies", "random",
            "--run-dir", str(run_dir), "--num-cpus", "4"]
@@ -157,3 +163,10 @@ def test_ctrl_c_stops_a_job_within_seconds_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted:" in out and "of 2 cycles are recorded under" in out and "run the same command again" in out
     assert "Traceback" not in out
+    assert EXPERIMENT == worker_log.parent.name
+    rerun = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600,
+                           start_new_session=True)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    got = outcome(run_dir)
+    check_pool(got, uninterrupted_random_outcome(run_dir, EXPERIMENT), "resumed after Ctrl-C")
+    assert [r["cycle"] for r in got["rows"]] == [0, 1] and got["figure"], rerun.stdout[-3000:]

@@ -1,0 +1,193 @@
+"""Losing the head node of a multi-process Ray cluster while a submitted job runs a cycle.
+
+The cluster is two real ``ray start --block`` processes on this machine, each in a session
+of its own: a head with no CPUs (its GCS, dashboard and job server, and the jobs' drivers,
+as on a real cluster) and one worker node of 4 CPUs. The digits smoke job (random
+strategy, three cycles) is submitted with ``ray job submit`` and a ``--run-dir``; once cycle 0 is
+recorded there, every process of the head node is SIGKILLed at once (the GCS, the raylet,
+the job server and the job's driver with them). Without GCS fault tolerance the cluster is
+gone with its head: the worker node is stopped too, both are started again, and the same
+command is submitted again. It resumes from the run directory: cycle 0 is not trained
+again, and the job ends with the pool state of an uninterrupted run, each cycle once.
+
+What Ray's GCS fault tolerance (an external Redis) changes is in RELIABILITY.md, and
+tested below where a Redis server is installed (``redis-server`` on PATH).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from listening import descendants
+from test_cluster import RAY, _free_ports, _worker_port_ranges
+from test_crash_points import EXPERIMENT, check_pool, outcome, uninterrupted_random_outcome
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER_CPUS = 4
+# Three cycles (10%, 15%, 20% labeled): the head is lost once cycle 0 is recorded, well
+# before the job ends. One epoch, trained in the driver (no worker group to start on each
+# submission): what is lost with the head is the driver and everything the GCS knew.
+JOB = ["python", str(REPO / "jobs" / "digits.py"), "--smoke-test", "--strategies", "random", "--final-fraction", "0.20",
+       "--epochs", "1", "--num-workers", "0"]
+
+
+def _session(pid: int) -> set[int]:
+    """``pid``'s process tree and every process of its session (a node's workers)."""
+    found = set(descendants(pid))
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[4]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class TwoNodes:
+    """A head (no CPUs) and one worker node, each a ``ray start --block`` in its own
+    session, on ports chosen free, with a temp dir of their own; optionally the head's GCS
+    backed by the Redis at ``redis``."""
+
+    def __init__(self, root: Path, redis: str | None = None) -> None:
+        self.root = root
+        self.redis = redis
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        for key in ("RAY_ADDRESS", "RAY_REDIS_ADDRESS"):
+            self.env.pop(key, None)
+        ports = iter(_free_ports(10))
+        self.gcs, self.dash, self.client = next(ports), next(ports), next(ports)
+        self.blocks = _worker_port_ranges(2)
+        self.own_ports = [next(ports) for _ in range(7)]
+        self.address = f"http://127.0.0.1:{self.dash}"
+        self.head: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+
+    def start_head(self) -> None:
+        env = {**self.env, "RAY_REDIS_ADDRESS": self.redis} if self.redis else self.env
+        self.head = self._start("head", env, [
+            "--head", f"--port={self.gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
+            "--include-dashboard=true", f"--ray-client-server-port={self.client}", "--num-cpus=0",
+            f"--temp-dir={self.root / 'r'}", f"--min-worker-port={self.blocks[0][0]}",
+            f"--max-worker-port={self.blocks[0][1]}"])
+
+    def start_worker(self) -> None:
+        self.worker = self._start("worker", self.env, [
+            f"--address=127.0.0.1:{self.gcs}", f"--num-cpus={WORKER_CPUS}", f"--min-worker-port={self.blocks[1][0]}",
+            f"--max-worker-port={self.blocks[1][1]}"])
+
+    def _start(self, name: str, env: dict, args: list[str]) -> subprocess.Popen:
+        log = self.root / f"{name}.log"
+        for _ in range(3):  # a raylet gives up on a dashboard agent slow to start on a busy machine
+            offset = log.stat().st_size if log.exists() else 0
+            with open(log, "ab") as out:
+                proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1",
+                                         "--disable-usage-stats", *args], env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline:
+                with open(log, "rb") as f:
+                    f.seek(offset)
+                    if b"Ray runtime started." in f.read():
+                        return proc
+                time.sleep(0.5)
+            _kill_all(_session(proc.pid))
+            proc.wait()
+        raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+
+    def kill_head(self) -> set[int]:
+        """SIGKILL every process of the head node at once, as its machine going down would."""
+        pids = _session(self.head.pid)
+        _kill_all(pids)
+        self.head.wait()
+        return pids
+
+    def stop(self) -> None:
+        for proc in (self.head, self.worker):
+            if proc is not None:
+                _kill_all(_session(proc.pid))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+
+    def submit(self, run_dir: Path) -> subprocess.Popen:
+        """``ray job submit`` of the job, which follows it until it ends (its output piped)."""
+        return subprocess.Popen([RAY, "job", "submit", "--address", self.address, "--submission-id",
+                                 f"digits-{secrets.token_hex(4)}", "--", *JOB, "--run-dir", str(run_dir)],
+                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_cycle_0(run_dir: Path, job: subprocess.Popen, timeout: float = 400) -> None:
+    results = run_dir / EXPERIMENT / "results.parquet"
+    deadline = time.time() + timeout
+    while not results.exists():
+        assert time.time() < deadline, "cycle 0 was not recorded"
+        assert job.poll() is None, f"the job ended before cycle 0 was recorded:\n{job.communicate()[0][-3000:]}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def cluster_root():
+    root = Path(tempfile.mkdtemp(prefix="drg-", dir="/tmp"))  # short: Ray's socket paths stay < 100 bytes
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_job_whose_head_node_is_lost_mid_cycle_resumes_when_submitted_again(cluster_root, tmp_path):
+    run_dir = tmp_path / "runs"
+    nodes = TwoNodes(cluster_root)
+    submitted: list[subprocess.Popen] = []
+    try:
+        nodes.start_head()
+        nodes.start_worker()
+        job = nodes.submit(run_dir)
+        submitted.append(job)
+        _wait_for_cycle_0(run_dir, job)
+        killed = nodes.kill_head()
+        out = job.communicate(timeout=120)[0]
+        assert job.returncode != 0, out[-3000:]
+        assert len(killed) > 3, "the head's GCS, raylet, job server and the job's driver"
+        from daal_ray.results import read_results
+
+        before = read_results(run_dir / EXPERIMENT).to_pylist()
+        assert [r["cycle"] for r in before][:1] == [0] and len(before) < 3, "killed mid-run: the last cycle not recorded"
+        checkpoint = run_dir / EXPERIMENT / "checkpoints" / "cycle_000" / "model.pt"
+        trained = checkpoint.stat().st_mtime_ns
+        # No GCS fault tolerance: the cluster went with its head. Stop the worker node too
+        # and start both again (an operator's or an autoscaler's restart).
+        nodes.stop()
+        nodes = TwoNodes(cluster_root)
+        nodes.start_head()
+        nodes.start_worker()
+        again = nodes.submit(run_dir)
+        submitted.append(again)
+        out = again.communicate(timeout=600)[0]
+        assert again.returncode == 0, out[-4000:]
+    finally:
+        nodes.stop()
+        for proc in submitted:  # a `ray job submit` left following a job the test gave up on
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    got = outcome(run_dir)
+    check_pool(got, uninterrupted_random_outcome(run_dir, EXPERIMENT), "resubmitted after the head was lost")
+    assert [r["cycle"] for r in got["rows"]] == [0, 1, 2] and got["figure"]
+    assert got["rows"][0]["value"] == before[0]["value"], "cycle 0's result is kept"
+    assert checkpoint.stat().st_mtime_ns == trained, "cycle 0 is not trained again"
