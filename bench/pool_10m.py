@@ -1,4 +1,5 @@
-"""Benchmark: DAAL selection over a pool of 10,000,000 samples with 128-d features, on disk.
+"""Benchmark: DAAL, daal_diverse and cluster_margin selection over a pool of 10,000,000
+samples with 128-d features, on disk.
 
 The pool is written as parquet shards (``sample_id``, ``features`` as a fixed-size list of
 float32) to a temporary folder (~5 GB; deleted at the end), then selected from exactly as
@@ -18,10 +19,19 @@ Memory is sampled every 0.2 s during the selection (not while the shards are wri
 * ``object store``: bytes held in Ray's shared-memory object store (polled each second),
   and what was spilled to disk.
 
+``--strategy daal_diverse`` selects the top beta x K by DAAL's score (the same fit), reads the
+candidates' rows back and seeds K of them by k-means++ in spatial cells of ``--seeding-rows``
+candidates; ``--strategy cluster_margin`` writes 10-class probabilities too and selects by
+Cluster-Margin (the smallest margins, a hashed sample clustered by k-means then HAC, the
+candidates assigned on the Ray Data workers). ``--compare-workers`` runs the selection
+twice, Ray Data limited to 1 and then 2 CPUs, and says whether the two batches are the same
+ids (memory is the peak over both).
+
 The machine's load average is printed: the wall time depends on it.
 
     python bench/pool_10m.py                              # 10M x 128, K = 10,000, DAAL 2 epochs
     python bench/pool_10m.py --rows 1000000 --shards 10   # a quicker look
+    python bench/pool_10m.py --strategy cluster_margin --k 500000 --seeding-rows 65536 --out ...
 """
 
 from __future__ import annotations
@@ -38,14 +48,15 @@ from pathlib import Path
 
 import numpy as np
 
-from daal_ray.acquisition.daal import DAALParams, DAALStrategy
-from daal_ray.config import ScaleConfig
+from daal_ray.acquisition import build_strategy
+from daal_ray.config import AcquisitionConfig, ScaleConfig
 from daal_ray.runtime import quiet_ray_data, setup_logging
 from daal_ray.scoring import select_from_features
 
 
-def write_pool(folder: Path, rows: int, dim: int, shards: int, seed: int = 0) -> None:
-    """Shard ``i`` holds ids ``i, i + shards, ...``: features from 20 Gaussian clusters.
+def write_pool(folder: Path, rows: int, dim: int, shards: int, seed: int = 0, probs: bool = False) -> None:
+    """Shard ``i`` holds ids ``i, i + shards, ...``: features from 20 Gaussian clusters (and,
+    with ``probs``, 10-class softmax probabilities, from a bank of 65,536 rows too).
 
     The noise is drawn from a bank of 65,536 Gaussian rows (scaled per shard), because
     drawing 1.3 billion fresh normals dominates the benchmark's set-up on a small machine.
@@ -56,15 +67,19 @@ def write_pool(folder: Path, rows: int, dim: int, shards: int, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((20, dim)).astype(np.float32)
     bank = 0.5 * rng.standard_normal((65_536, dim), dtype=np.float32)
+    logits = rng.standard_normal((65_536, 10), dtype=np.float32) * 2
+    prob_bank = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     folder.mkdir(parents=True)
     for i in range(shards):
         ids = np.arange(i, rows, shards, dtype=np.int64)
         x = centres[rng.integers(0, 20, ids.size)]
         x += bank[rng.integers(0, bank.shape[0], ids.size)] * np.float32(1.0 + i / shards)
-        feats = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)
-        pq.write_table(pa.table({"sample_id": ids, "features": feats}), folder / f"part-{i:04d}.parquet",
-                       compression="none", row_group_size=65_536)
-        del x, feats
+        cols = {"sample_id": ids, "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)}
+        if probs:
+            pr = prob_bank[rng.integers(0, prob_bank.shape[0], ids.size)]
+            cols["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(pr.reshape(-1)), 10)
+        pq.write_table(pa.table(cols), folder / f"part-{i:04d}.parquet", compression="none", row_group_size=65_536)
+        del x, cols
 
 
 def _proc_table() -> dict[int, tuple[int, str]]:
@@ -157,9 +172,16 @@ class MemorySampler:
             self._stop.wait(self.period)
 
     def _store_loop(self) -> None:
+        import ray
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-        state = get_state_from_address()
+        try:
+            # This instance's GCS by address: with another Ray instance on the machine the
+            # lookup without one is ambiguous and fails.
+            state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        except Exception as exc:  # the poll must never end the benchmark
+            self.store_error = repr(exc)
+            return
         while not self._stop.is_set():
             try:
                 stats = get_memory_info_reply(state).store_stats
@@ -187,6 +209,11 @@ def main() -> int:
     p.add_argument("--shards", type=int, default=100)
     p.add_argument("--labeled", type=int, default=10_000, help="labeled samples (random ids)")
     p.add_argument("--k", type=int, default=10_000)
+    p.add_argument("--strategy", default="daal", choices=("daal", "daal_diverse", "cluster_margin"))
+    p.add_argument("--seeding-rows", type=int, default=None,
+                   help="daal_diverse: candidates per cell of the k-means++ seeding (default: the strategy's)")
+    p.add_argument("--compare-workers", action="store_true",
+                   help="select twice, Ray Data limited to 1 and to 2 CPUs, and compare the batches")
     p.add_argument("--epochs", type=int, default=2, help="DAAL epochs over its bounded sample")
     p.add_argument("--max-fit-unlabeled", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=8192, help="rows per Ray Data batch")
@@ -220,7 +247,7 @@ def main() -> int:
         t0 = time.perf_counter()
         reused = pool.exists()
         if not reused:
-            write_pool(pool, args.rows, args.dim, args.shards)
+            write_pool(pool, args.rows, args.dim, args.shards, probs=args.strategy == "cluster_margin")
         write_s = time.perf_counter() - t0
         size_gb = sum(f.stat().st_size for f in pool.iterdir()) / 1e9
         print(f"{'reused' if reused else 'wrote'} {args.rows:,} rows x {args.dim} in {args.shards} shards: "
@@ -233,21 +260,39 @@ def main() -> int:
             os.environ["RAY_DATA_ARROW_SCANNER_BATCH_READAHEAD"] = str(args.scanner_readahead)
         if args.read_bin_mb:
             os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 2**20)
-        ray.init(num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 2**20,
+        ray.init(address="local", num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 2**20,
                  include_dashboard=False, logging_level="WARNING")
         quiet_ray_data()
-        # The shards hold features only: DAAL's input is the features alone (confidence_weight=0).
-        strategy = DAALStrategy(DAALParams(epochs=args.epochs, max_fit_unlabeled=args.max_fit_unlabeled,
-                                           confidence_weight=0), seed=0, cycle=0)
+        # The shards hold features (and probabilities for cluster_margin): DAAL's input is the
+        # features alone (confidence_weight=0).
+        if args.strategy == "cluster_margin":
+            params = {}
+        else:
+            params = {"epochs": args.epochs, "max_fit_unlabeled": args.max_fit_unlabeled, "confidence_weight": 0}
+            if args.strategy == "daal_diverse" and args.seeding_rows is not None:
+                params["seeding_rows"] = args.seeding_rows
         scale = ScaleConfig(inference_batch_size=args.batch_size, inference_actors=args.actors)
         load_before = os.getloadavg()
+        runs = []
+        data_ctx = ray.data.DataContext.get_current()
         with MemorySampler() as mem:
-            t0 = time.perf_counter()
-            res = select_from_features(pool, strategy, args.k, labeled_ids=labeled, scale=scale)
-            wall = time.perf_counter() - t0
-        assert res.ids.size == args.k and np.unique(res.ids).size == args.k and not np.isin(res.ids, labeled).any()
-        assert np.all(np.diff(res.scores) <= 0)
-        row = {"rows": args.rows, "dim": args.dim, "shards": args.shards, "pool_gb": size_gb, "k": args.k,
+            for workers in ((1, 2) if args.compare_workers else (None,)):
+                if workers is not None:
+                    data_ctx.execution_options.resource_limits = ray.data.ExecutionResources(cpu=workers)
+                strategy = build_strategy(AcquisitionConfig(args.strategy, params), seed=0, cycle=0)
+                t0 = time.perf_counter()
+                res = select_from_features(pool, strategy, args.k, labeled_ids=labeled, scale=scale)
+                runs.append((workers, time.perf_counter() - t0, res))
+        wall, res = runs[0][1], runs[0][2]
+        for _, _, r in runs:
+            assert r.ids.size == args.k and np.unique(r.ids).size == args.k and not np.isin(r.ids, labeled).any()
+        if args.strategy == "daal":
+            assert np.all(np.diff(res.scores) <= 0)
+        identical = bool(np.array_equal(np.sort(runs[0][2].ids), np.sort(runs[-1][2].ids))) if len(runs) > 1 else None
+        row = {"strategy": args.strategy, "params": params, "rows": args.rows, "dim": args.dim, "shards": args.shards,
+               "pool_gb": size_gb, "k": args.k,
+               "wall_s_by_ray_data_cpus": {str(w): t for w, t, _ in runs},
+               "identical_across_1_and_2_workers": identical,
                "labeled": args.labeled, "epochs": args.epochs, "max_fit_unlabeled": args.max_fit_unlabeled,
                "wall_s": wall, "seconds": res.seconds, "rows_per_s_scoring": (args.rows - args.labeled) / res.seconds["score"],
                "peak_driver_workers_rss_mb": mem.peak["rss_mb"], "peak_driver_workers_pss_mb": mem.peak["pss_mb"],
@@ -260,8 +305,12 @@ def main() -> int:
         print(json.dumps(row, indent=1))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(row, indent=1))
-        print(f"\n{args.rows:,} x {args.dim} ({size_gb:.1f} GB on disk), K = {args.k:,}, DAAL {args.epochs} epoch(s) on "
-              f"{args.labeled:,} labeled + {args.max_fit_unlabeled:,} unlabeled")
+        print(f"\n{args.strategy}: {args.rows:,} x {args.dim} ({size_gb:.1f} GB on disk), K = {args.k:,}"
+              + ("" if args.strategy == "cluster_margin" else
+                 f", DAAL {args.epochs} epoch(s) on {args.labeled:,} labeled + {args.max_fit_unlabeled:,} unlabeled"))
+        if identical is not None:
+            print(f"1 and 2 Ray Data workers: {', '.join(f'{t:.0f} s' for _, t, _ in runs)}; "
+                  f"identical batches: {'yes' if identical else 'NO'}")
         print(f"wall {wall:.0f} s (fit incl. sample pass {res.seconds.get('fit', 0):.0f} s, scoring "
               f"{res.seconds['score']:.0f} s, merge {res.seconds['merge']:.2f} s)")
         print(f"peak driver + Ray workers: RSS {mem.peak['rss_mb']:.0f} MB (without mapped object-store pages "

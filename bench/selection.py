@@ -1,4 +1,4 @@
-"""Benchmark: selection time and peak memory of coreset, daal, entropy, daal_diverse and badge on large pools.
+"""Benchmark: selection time and peak memory of coreset, daal, entropy, daal_diverse, badge and cluster_margin on large pools.
 
 Synthetic pools of N samples with 128-d features (and 10-class probabilities for entropy),
 K = 5% of N, ``--labeled`` labeled samples (k-center's initial centres). Each (strategy, N) setting runs in
@@ -11,7 +11,11 @@ cycle loop calls it (``Strategy.select``), on the pool streamed in blocks of 8,1
 * ``daal_diverse``: daal's streaming top beta x K, the candidates' rows read back, then
   K of them by batched k-means++ D^2 seeding (memory O(beta K d));
 * ``badge``: the pool's features and probabilities gathered, then batched k-means++ over the
-  gradient embeddings with factorised distances (never the N x C d embedding).
+  gradient embeddings with factorised distances (never the N x C d embedding);
+* ``cluster_margin``: the streaming top beta x K by minus the margin, a seeded sample of
+  65,536 unlabeled rows cut by k-means into 2,048 centroids, average-linkage HAC on the
+  centroids, the candidates assigned to their nearest centroid's cluster in a second pass,
+  then the round-robin over the clusters (memory O(beta K + sample d)).
 
 What is measured is the selection only (not inference, not DAAL's training). Each
 k-center pick costs one matrix-vector product over the N unlabeled features, so the
@@ -25,7 +29,7 @@ single-threaded setting includes waiting for a core, its CPU time does not.
 
     python bench/selection.py                       # N = 100,000 (full K) and 1,000,000 (K capped)
     python bench/selection.py --sizes 1000000 --coreset-picks 50000 # full K at 1M: hours on one core
-    python bench/selection.py --sizes 1000000 --strategies coreset,daal_diverse,badge  # the batch-aware ones
+    python bench/selection.py --sizes 1000000 --strategies coreset,daal_diverse,badge,cluster_margin  # batch-aware
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ def _child(strategy: str, n: int, d: int, k: int, n_labeled: int, coreset_picks:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100000,1000000", help="pool sizes N, comma-separated")
-    p.add_argument("--strategies", default="entropy,daal,coreset,daal_diverse,badge")
+    p.add_argument("--strategies", default="entropy,daal,coreset,daal_diverse,badge,cluster_margin")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--k-frac", type=float, default=0.05, help="K as a fraction of N (default 5%%)")
     p.add_argument("--labeled", type=int, default=1000, help="labeled samples (k-center's initial centres)")
@@ -165,12 +169,12 @@ def main() -> int:
             print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "load_avg": os.getloadavg(), "rows": rows}, indent=1))
-    print(f"\n{'N':>9} {'strategy':>12} {'K run/K':>13} {'wall s':>8} {'CPU s':>8} {'full-K CPU s':>13} "
+    print(f"\n{'N':>9} {'strategy':>14} {'K run/K':>13} {'wall s':>8} {'CPU s':>8} {'full-K CPU s':>13} "
           f"{'extra MB':>9} {'peak MB':>8}")
     for r in rows:
         full = r.get("extrapolated_full_k_cpu_s", r["cpu_seconds"])
         mark = "*" if "extrapolated_full_k_s" in r else " "
-        print(f"{r['n']:>9,} {r['strategy']:>12} {r['k_run']:>6,}/{r['k']:<6,} {r['seconds']:>8.2f} "
+        print(f"{r['n']:>9,} {r['strategy']:>14} {r['k_run']:>6,}/{r['k']:<6,} {r['seconds']:>8.2f} "
               f"{r['cpu_seconds']:>8.2f} {full:>12.1f}{mark} {r['extra_mb']:>9.0f} {r['peak_rss_mb']:>8.0f}")
     print("* extrapolated from the measured picks: measured + remaining picks x seconds per pick")
     return 0

@@ -6,8 +6,10 @@ reduced to its own top-K (:func:`score_batch`) and the reduced blocks merged her
 result equals a full sort of the pool, which no process ever performs.
 
 Selection that is not a top-K lives here too: :func:`k_center_greedy` (core-set), chunked
-so that no N x N distance matrix is ever formed, and the helpers that stream a pool's
-features into preallocated arrays (:func:`gather_features`).
+so that no N x N distance matrix is ever formed; k-means++ D^2 seeding (:func:`d2_seeding`,
+batched or exact, and :func:`sharded_d2_seeding` in spatial cells for large candidate
+sets); Lloyd's :func:`kmeans`; and the helpers that stream a pool's features into
+preallocated arrays (:func:`gather_features`, :func:`gather_rows`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def _check_scores(ids: np.ndarray, scores: np.ndarray) -> None:
                         f"check the features and the strategy's networks")
 
 
-def topk_arrays(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` of one in-memory batch by (score desc, sample_id asc), in that order."""
+def topk_arrays(ids: np.ndarray, scores: np.ndarray, k: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of one in-memory batch by (score desc, sample_id asc), in that order
+    (``ordered=False``: the same rows, unordered, without the O(k log k) sort)."""
     ids = np.asarray(ids, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     _check_scores(ids, scores)
@@ -50,6 +53,8 @@ def topk_arrays(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray
             tie_ids = np.partition(tie_ids, need - 1)[:need] if need > 0 else tie_ids[:0]
         keep = above | (np.isin(ids, tie_ids) & (scores == kth))
         ids, scores = ids[keep], scores[keep]
+    if not ordered:
+        return ids, scores
     order = np.lexsort((ids, -scores))
     return ids[order], scores[order]
 
@@ -58,7 +63,11 @@ class StreamingTopK:
     """Merge scored batches into the exact top ``k``; memory O(k + largest batch).
 
     This is the one merge of the system: the cycle loop, the shard streaming and the
-    in-memory path all reduce their batches through it.
+    in-memory path all reduce their batches through it. Batches are buffered until they
+    hold ``max(k, 65,536)`` rows and then reduced with the kept top ``k`` by one linear
+    partition; only :meth:`result` sorts. So a large ``k`` (2,000,000 candidates of a
+    10,000,000-row pool, reached in 8,192-row batches) costs O(N) merge work rather than a
+    sort of ``k`` rows per batch.
 
     Args:
         k: how many to keep.
@@ -79,25 +88,43 @@ class StreamingTopK:
         self.scores = np.zeros(0, dtype=np.float64)
         self.seen = 0
         self.seconds = 0.0
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+        self._flush_rows = max(k, 1 << 16)
 
     def push(self, ids: np.ndarray, scores: np.ndarray) -> None:
         t0 = time.perf_counter()
         ids = np.asarray(ids, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float64)
         _check_scores(ids, scores)
-        both = np.concatenate([self.ids, ids])
+        self.seen += ids.size
+        self._pending.append((ids, scores))
+        self._pending_rows += ids.size
+        if self._pending_rows >= self._flush_rows:
+            self._reduce()
+        self.seconds += time.perf_counter() - t0
+
+    def _reduce(self) -> None:
+        if not self._pending:
+            return
+        both = np.concatenate([self.ids, *(i for i, _ in self._pending)])
+        both_scores = np.concatenate([self.scores, *(s for _, s in self._pending)])
+        self._pending, self._pending_rows = [], 0
         if self.unique:
             srt = np.sort(both)
             dup = srt[1:][srt[1:] == srt[:-1]]
             if dup.size:
                 raise DataError(f"sample ids {np.unique(dup)[:5].tolist()} appear in more than one row of the pool; "
                                 f"every sample needs one row")
-        self.seen += ids.size
-        self.ids, self.scores = topk_arrays(both, np.concatenate([self.scores, scores]), self.k)
-        self.seconds += time.perf_counter() - t0
+        self.ids, self.scores = topk_arrays(both, both_scores, self.k, ordered=False)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Ids and scores of the top ``k`` so far, best first."""
+        t0 = time.perf_counter()
+        self._reduce()
+        order = np.lexsort((self.ids, -self.scores))
+        self.ids, self.scores = self.ids[order], self.scores[order]
+        self.seconds += time.perf_counter() - t0
         return self.ids.copy(), self.scores.copy()
 
 
@@ -346,8 +373,20 @@ def d2_seeding(n: int, k: int, min_sq: Callable[[torch.Tensor], torch.Tensor], *
     nearest centre so far (times ``exp(log_weights)`` when given), without replacement.
     Draws come ``batch`` at a time (default ``k // 128``, at least 1): one distance pass per
     batch of centres (a matrix product) instead of one per centre, which is what makes
-    ``k = 50,000`` affordable; ``batch=1`` is exact k-means++. Sampling without replacement
-    uses the Gumbel-top-k trick with a seeded generator, so a seed gives one answer.
+    ``k = 50,000`` affordable. That is an approximation: within one batch the weights are
+    those of the pass before it, so two centres of a batch may land close together (for
+    ``k < 256`` the default batch is 1 anyway). ``batch=1`` is exact k-means++.
+
+    Random stream (the contract a reference implementation can reproduce): one
+    ``torch.Generator`` seeded with ``seed``; the first centre, unless given, is
+    ``torch.randint(n, (1,), generator)``; every later draw of ``b`` centres takes
+    ``u = torch.rand(n, generator, dtype=float64)`` clamped to ``[1e-300, 1 - 1e-16]`` and
+    picks the ``b`` untaken points of largest ``log D^2 + log_weights - log(-log u)``
+    (Gumbel-top-b: ``b`` draws without replacement; for ``b = 1`` the Gumbel-max draw of
+    one centre with probability proportional to ``D^2 exp(log_weights)``). When fewer
+    untaken points than ``b`` have ``D^2 > 0``, all of them are taken and the rest of the
+    draw is the untaken points of largest ``-log(-log u)`` (a uniform draw among exact
+    duplicates of centres). So a seed gives one answer.
 
     Args:
         n: how many points.
@@ -357,7 +396,7 @@ def d2_seeding(n: int, k: int, min_sq: Callable[[torch.Tensor], torch.Tensor], *
         seed: seeds the draws.
         first: position of the first centre (default: a uniform draw).
         log_weights: ``[n]`` log weights multiplying the D^2 probabilities.
-        batch: centres drawn per distance pass.
+        batch: centres drawn per distance pass (``None`` or 0: ``k // 128``, at least 1).
         device: where the distance vector lives.
 
     Returns:
@@ -396,38 +435,182 @@ def d2_seeding(n: int, k: int, min_sq: Callable[[torch.Tensor], torch.Tensor], *
     return torch.cat(picks).cpu().numpy()
 
 
+def nearest_centres(x: torch.Tensor, centres: torch.Tensor, rows: int = 1 << 13,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, squared distance)`` of each row of ``x``'s nearest row of ``centres``
+    (Euclidean; ties to the smaller index), in row chunks of one matrix product each."""
+    c_sq = _sq_norms(centres)[None]
+    idx = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(0, x.shape[0], rows):
+        block = torch.addmm(c_sq, x[i:i + rows], centres.T, alpha=-2.0)
+        best = torch.min(block, dim=1)
+        idx[i:i + rows] = best.indices
+        dist[i:i + rows] = best.values
+    return idx, dist.add_(_sq_norms(x)).clamp_min_(0.0)
+
+
+def kmeans(x: torch.Tensor, m: int, *, seed: int, iters: int = 10,
+           rows: int = 1 << 13) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means of the rows of ``x`` into ``m`` centres, from a batched k-means++
+    seeding (:func:`d2_seeding`); seeded, so one answer per seed.
+
+    Each iteration is one assignment pass (a matrix product per chunk of ``rows``) and one
+    scatter-add of the rows into their centres; a centre left empty keeps its position.
+
+    Returns:
+        ``(centres [m, d], assignment [n] int64, counts [m] int64)``.
+    """
+    n = x.shape[0]
+    if not 1 <= m <= n:
+        raise ValueError(f"m must be in [1, {n}], got {m}")
+    centres = x[torch.as_tensor(d2_seeding(n, m, euclidean_min_sq(x, rows), seed=seed), device=x.device)].clone()
+    assign, _ = nearest_centres(x, centres, rows)
+    for _ in range(iters):
+        counts = torch.bincount(assign, minlength=m)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        full = counts > 0
+        centres[full] = sums[full] / counts[full, None].to(x.dtype)
+        new, _ = nearest_centres(x, centres, rows)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    return centres, assign, torch.bincount(assign, minlength=m)
+
+
+def proportional_quota(sizes: np.ndarray, k: int) -> np.ndarray:
+    """``k`` split over groups of ``sizes`` in proportion to them (largest remainders; ties
+    to the earlier group), never more than a group holds."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    if not 0 <= k <= total:
+        raise ValueError(f"k must be in [0, {total}], got {k}")
+    exact = sizes * (k / max(total, 1))
+    quota = np.minimum(np.floor(exact).astype(np.int64), sizes)
+    room = quota < sizes
+    frac = np.where(room, exact - quota, -1.0)
+    order = np.lexsort((np.arange(sizes.size), -frac))
+    quota[order[:k - int(quota.sum())]] += 1
+    return quota
+
+
+def seed_in_cells(cells: np.ndarray, k: int, min_sq_of: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
+                  *, seed: int, first_of: Optional[Callable[[np.ndarray], int]] = None,
+                  log_weights: Optional[torch.Tensor] = None, batch: Optional[int] = None,
+                  device: Any = None) -> np.ndarray:
+    """k-means++ seeding of ``k`` points run separately in each cell of a partition.
+
+    Each cell (the points of one value of ``cells``) gets a share of ``k`` proportional to
+    its size (:func:`proportional_quota`) and its own :func:`d2_seeding`, from the point
+    ``first_of(positions)`` picks (default: its first). Work is the sum over cells of
+    ``size x share``: about ``n k / cells`` for equal cells instead of ``n k``. The
+    approximation: D^2 spreads the centres within a cell, not across a cell boundary.
+
+    Args:
+        cells: ``[n]`` cell of each point (any integers).
+        k: how many to pick, at most ``n``.
+        min_sq_of: ``min_sq_of(positions)`` -> the ``min_sq`` function of :func:`d2_seeding`
+            over those points only (positions index the cell's points, in order).
+        seed: seeds the draws (each cell its own stream, derived from it).
+        first_of: the first centre of a cell, as an index into its positions.
+        log_weights: ``[n]`` log weights of the D^2 draws.
+        batch: centres per distance pass (:func:`d2_seeding`).
+        device: where the distance vectors live.
+
+    Returns:
+        ``[k]`` int64 positions, cell by cell.
+    """
+    cells = np.asarray(cells).reshape(-1)
+    n = cells.size
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, {n}], got {k}")
+    _, group, counts = np.unique(cells, return_inverse=True, return_counts=True)
+    quota = proportional_quota(counts, k)
+    members = np.argsort(group, kind="stable")  # cell by cell, positions ascending within each
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    picks = []
+    for c in range(counts.size):
+        if quota[c] == 0:
+            continue
+        pos = members[starts[c]:starts[c + 1]]
+        idx = torch.as_tensor(pos)
+        lw = log_weights[idx.to(log_weights.device)] if log_weights is not None else None
+        sub = d2_seeding(pos.size, int(quota[c]), min_sq_of(idx), seed=(seed + 7919 * (c + 1)) & (2**63 - 1),
+                         first=first_of(pos) if first_of is not None else 0, log_weights=lw, batch=batch,
+                         device=device)
+        picks.append(pos[sub])
+    return np.concatenate(picks) if picks else np.zeros(0, np.int64)
+
+
+def sharded_d2_seeding(x: torch.Tensor, k: int, *, seed: int, cell_rows: int,
+                       log_weights: Optional[torch.Tensor] = None, batch: Optional[int] = None,
+                       rows: int = 1 << 13) -> np.ndarray:
+    """k-means++ seeding of ``k`` of the rows of ``x`` (Euclidean), in cells of about
+    ``cell_rows`` rows: linear time in ``len(x)`` for ``k`` a fixed fraction of it.
+
+    One seeding over all ``n`` rows costs O(n k d): quadratic when ``k`` grows with the pool
+    (at 2,000,000 candidates and k = 500,000, 256 TFLOP). With ``n > cell_rows`` the rows
+    are cut into ``ceil(n / cell_rows)`` spatial cells by k-means (:func:`kmeans`, 5
+    iterations) and :func:`seed_in_cells` seeds each its share of ``k``, from its first
+    row (the smallest position: the best-scored candidate when rows come in score order).
+    Work is O(k cell_rows d). ``cell_rows <= 0`` or ``n <= cell_rows``: one seeding, from row 0.
+
+    Returns:
+        ``[k]`` int64 positions, cell by cell.
+    """
+    n = x.shape[0]
+    if cell_rows <= 0 or n <= cell_rows:
+        return d2_seeding(n, k, euclidean_min_sq(x, rows), seed=seed, first=0, log_weights=log_weights, batch=batch)
+    _, assign, _ = kmeans(x, math.ceil(n / cell_rows), seed=seed, iters=5, rows=rows)
+    return seed_in_cells(assign.cpu().numpy(), k, lambda idx: euclidean_min_sq(x[idx.to(x.device)], rows), seed=seed,
+                         log_weights=log_weights, batch=batch)
+
+
 def gather_rows(features: Any, ids: np.ndarray, columns: Sequence[str],
                 batch_size: int = 8192) -> dict[str, np.ndarray]:
     """The unlabeled rows of ``features`` whose ``sample_id`` is in ``ids``, in the order of
     ``ids``, as arrays of ``columns``: memory O(len(ids)), whatever the pool's size. A Ray
     Dataset is filtered where it lives (:func:`daal_ray.shards.keep_ids`), so only those
-    rows reach this process.
+    rows reach this process. Each row is written once, straight to its place in a
+    preallocated array (no concatenation, and no reordering copy when ``ids`` are unique):
+    at 2,000,000 candidates of 128 floats that is 1 GB held instead of 3.
 
     Raises:
-        DataError: an id is not among the pool's unlabeled rows.
+        DataError: an id is not among the pool's unlabeled rows, or has more than one row.
     """
-    ids = np.asarray(ids, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     wanted = np.unique(ids)
+    unique = wanted.size == ids.size
+    # With unique ids, the k-th smallest wanted id goes straight to its place in ``ids``.
+    dest = np.argsort(ids, kind="stable") if unique else np.arange(wanted.size)
     cols = ["sample_id", "labeled", *[c for c in columns if c not in ("sample_id", "labeled")]]
     if not isinstance(features, (Mapping, list, tuple)):
         features = features.map_batches(keep_ids, fn_kwargs={"ids": wanted}, batch_format="numpy")
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in cols}
+    out: dict[str, np.ndarray] = {}
+    found = np.zeros(wanted.size, np.int64)
     for batch in iter_feature_batches(features, cols, batch_size):
-        keep = labeled_flags(np.asarray(batch["sample_id"], dtype=np.int64), wanted) & ~batch["labeled"].astype(bool)
-        for c in cols:
-            parts[c].append(np.asarray(batch[c])[keep])
-    got = {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
-    found = np.asarray(got["sample_id"], dtype=np.int64)
-    order = np.argsort(found, kind="stable")
-    pos = np.searchsorted(found[order], ids)
-    if found.size != wanted.size or not np.array_equal(found[order][np.minimum(pos, max(found.size - 1, 0))], ids):
-        missing = np.setdiff1d(wanted, found)[:5].tolist()
+        sid = np.asarray(batch["sample_id"], dtype=np.int64)
+        keep = labeled_flags(sid, wanted) & ~np.asarray(batch["labeled"]).astype(bool)
+        if not keep.any():
+            continue
+        at = np.searchsorted(wanted, sid[keep])
+        np.add.at(found, at, 1)
+        for c in columns:
+            v = np.asarray(batch[c])[keep]
+            if c not in out:
+                out[c] = np.empty((dest.size, *v.shape[1:]), v.dtype)
+            out[c][dest[at]] = v
+    if (found != 1).any():
+        missing = wanted[found == 0][:5].tolist()
         if missing:
             raise DataError(f"sample ids {missing} are not unlabeled rows of the pool")
-        srt = np.sort(found)
-        raise DataError(f"sample ids {np.unique(srt[1:][srt[1:] == srt[:-1]])[:5].tolist()} appear in more than "
-                        f"one row of the pool; every sample needs one row")
-    return {c: np.asarray(got[c])[order][pos] for c in columns}
+        raise DataError(f"sample ids {wanted[found > 1][:5].tolist()} appear in more than one row of the pool; "
+                        f"every sample needs one row")
+    got = {c: out.get(c, np.zeros(0)) for c in columns}
+    if unique:
+        return got
+    pos = np.searchsorted(wanted, ids)
+    return {c: v[pos] for c, v in got.items()}
 
 
 def gather_unlabeled(features: Any, num_unlabeled: int, columns: Sequence[str],

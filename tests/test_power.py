@@ -31,6 +31,13 @@ def test_single_draw_frequencies_match_score_to_the_one_over_t(temperature):
     target = scores ** (1 / temperature) / (scores ** (1 / temperature)).sum()
     chi2 = stats.chisquare(counts, draws * target)
     assert chi2.pvalue > 1e-3, (counts / draws, target)
+    # The same test rejects what a wrong draw would give: uniform picks, picks proportional
+    # to the score whatever T, and the top score always.
+    wrong = {"uniform": np.full(5, 0.2), "score": scores / scores.sum(), "top": np.r_[np.full(4, 1e-9), 1.0]}
+    if temperature == 1.0:
+        del wrong["score"]
+    for name, q in wrong.items():
+        assert stats.chisquare(counts, draws * q / q.sum()).pvalue < 1e-12, (name, counts / draws)
 
 
 def test_a_zero_score_is_drawn_last_and_a_negative_one_refused():

@@ -4,6 +4,7 @@
 from daal_ray.acquisition import (  # noqa: F401
     badge,
     bald,
+    cluster_margin,
     coreset,
     daal,
     diverse,
