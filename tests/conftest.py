@@ -9,7 +9,9 @@ without the ``ray`` mark fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -91,21 +93,51 @@ def pytest_runtest_call(item):
                         f"end)", pytrace=False)
 
 
+def _worker() -> str | None:
+    """This process's pytest-xdist worker name (``gw0``, ...), or None without xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def shared_scenarios_dir(controller_pid: int | None = None) -> Path:
+    """Where the multi-node scenarios of this run write, shared by every xdist worker of
+    it: keyed by the controller's pid (every worker's parent)."""
+    pid = os.getppid() if controller_pid is None else controller_pid
+    return Path(tempfile.gettempdir()) / f"daal-ray-multinode-{pid}"
+
+
 def pytest_collection_finish(session):
-    """The multi-node scenarios run in a process of their own for about two minutes, most
-    of it waiting on Ray's processes: start them with the session, so they overlap the
-    other tests; tests/test_multinode.py waits for them."""
+    """The multi-node scenarios run in a process of their own for a few minutes, most of
+    it waiting on Ray's processes: start them with the session, so they overlap the other
+    tests; tests/test_multinode.py waits for them. Under xdist every worker collects every
+    test; the first to create the shared directory starts them, once for the whole run."""
     if session.config.option.collectonly or not any(i.nodeid.startswith("tests/test_multinode.py")
                                                    for i in session.items):
         return
     from test_multinode import start_scenarios
 
-    out = Path(tempfile.mkdtemp(prefix="multinode-"))
-    session.config.multinode_scenarios = (out, start_scenarios(out))
+    if _worker() is None:
+        out = Path(tempfile.mkdtemp(prefix="multinode-"))
+        session.config.multinode_scenarios = (out, start_scenarios(out))
+        return
+    out = shared_scenarios_dir()
+    try:
+        out.mkdir()
+    except FileExistsError:
+        return  # another worker started them
+    proc = start_scenarios(out, rc_file=True)
+    (out / "pid").write_text(str(proc.pid))
 
 
 def pytest_sessionfinish(session):
-    """Stop the scenarios' process if the session ends before it did (-x, Ctrl-C)."""
+    """Stop the scenarios' process if the session ends before it did (-x, Ctrl-C); under
+    xdist the controller does it, once every worker is done."""
     started = getattr(session.config, "multinode_scenarios", None)
     if started is not None and started[1].poll() is None:
         os.killpg(started[1].pid, signal.SIGKILL)
+    if _worker() is None:
+        shared = shared_scenarios_dir(os.getpid())
+        if shared.exists():
+            if not (shared / "rc").exists() and (shared / "pid").exists():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.killpg(int((shared / "pid").read_text()), signal.SIGKILL)
+            shutil.rmtree(shared, ignore_errors=True)

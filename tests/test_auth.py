@@ -14,6 +14,8 @@ import pytest
 
 from daal_ray import runtime
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 
 def _no_token_env(monkeypatch, home):
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import inspect
 import json
 import os
@@ -123,16 +124,40 @@ def _block_is_free(base: int, size: int) -> bool:
             s.close()
 
 
+# Blocks of worker ports handed out on this machine, with the pid each was handed to: a
+# cluster's workers bind their ports only when they start, so a block free now may already
+# be another cluster's (xdist workers start clusters at the same time).
+_BLOCK_CLAIMS = Path(tempfile.gettempdir()) / "daal-ray-test-port-blocks"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _worker_port_ranges(n: int, size: int = 200) -> list[tuple[int, int]]:
-    """``n`` disjoint blocks of ``size`` ports, each free right now: one per node, for its
-    workers. The blocks are tried in random order, so two clusters started at once on the
-    machine (another run of this module) are unlikely to pick the same one; none of them
-    overlaps the kernel's ephemeral range, where the nodes' own ports come from."""
+    """``n`` disjoint blocks of ``size`` ports, each free right now and not handed to a
+    live test process of this machine: one per node, for its workers. The blocks are tried
+    in random order; none of them overlaps the kernel's ephemeral range, where the nodes'
+    own ports come from."""
     bases = list(range(21000, 30000 - size + 1, size))
     random.shuffle(bases)
-    blocks = [(b, b + size - 1) for b in bases if _block_is_free(b, size)][:n]
-    if len(blocks) < n:
-        pytest.skip(f"no {n} free blocks of worker ports")
+    with open(_BLOCK_CLAIMS, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fh.seek(0)
+        claims = [tuple(map(int, line.split())) for line in fh if len(line.split()) == 2]
+        live = [(b, pid) for b, pid in claims if _alive(pid)]
+        taken = {b for b, _ in live}
+        blocks = [(b, b + size - 1) for b in bases if b not in taken and _block_is_free(b, size)][:n]
+        fh.seek(0)
+        fh.truncate()
+        fh.writelines(f"{b} {pid}\n" for b, pid in live + [(b, os.getpid()) for b, _ in blocks])
+    assert len(blocks) == n, f"no {n} free blocks of worker ports between 21000 and 30000"
     return blocks
 
 
@@ -278,6 +303,15 @@ class LocalHead:
 
 @pytest.fixture(scope="module")
 def local_head():
+    # Two clusters of three nodes at once on a small machine slow each other down more than
+    # they overlap: under xdist, wait for the multi-node scenarios' cluster to be gone (without
+    # xdist this module runs after tests/test_multinode.py, which waits for them).
+    from conftest import shared_scenarios_dir
+    from test_multinode import wait_for_shared_scenarios
+
+    shared = shared_scenarios_dir()
+    if os.environ.get("PYTEST_XDIST_WORKER") and shared.exists():
+        wait_for_shared_scenarios(shared)
     head = LocalHead()
     try:
         yield head
@@ -330,6 +364,7 @@ def test_ray_job_submit_runs_the_cityscapes_smoke_test_to_success(local_head, tm
     assert {w["node_id"] for w in workers} == worker_nodes, (workers, worker_nodes)
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_a_failing_job_makes_ray_job_submit_exit_non_zero(local_head, tmp_path):
     r = local_head.submit("python", "jobs/cityscapes.py", "--data-root", str(tmp_path / "missing"),
@@ -340,6 +375,7 @@ def test_a_failing_job_makes_ray_job_submit_exit_non_zero(local_head, tmp_path):
     assert str(tmp_path / "missing") in out, "the job's error names the missing data root"
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 @pytest.mark.parametrize("auth", ["none", "wrong"])
 def test_ray_job_submit_without_the_token_is_refused(local_head, auth):

@@ -103,6 +103,7 @@ def test_strategies_share_the_initial_pool(ray_session, tiny_config, tmp_path):
     assert np.array_equal(_state(tmp_path, a).ids_of_cycle(0), _state(tmp_path, b).ids_of_cycle(0))
 
 
+@pytest.mark.faults
 def test_crash_between_propose_and_commit_reuses_pending(ray_session, tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config("entropy", final_fraction=0.10)
     calls = {"oracle": 0, "select": 0}
@@ -148,6 +149,7 @@ def test_resume_after_finish_changes_nothing(ray_session, tiny_config, tmp_path)
     assert first.select(["cycle", "value"]).equals(again.select(["cycle", "value"]))
 
 
+@pytest.mark.faults
 def test_a_live_run_directory_is_refused_naming_the_lock(ray_session, tiny_config, tmp_path):
     import fcntl
 
@@ -166,6 +168,7 @@ def test_a_live_run_directory_is_refused_naming_the_lock(ray_session, tiny_confi
     assert (run_dir / STATE_FILE).exists()
 
 
+@pytest.mark.faults
 def test_killed_aldriver_comes_back_with_its_state(ray_session, tmp_path):
     ray = ray_session
 

@@ -150,6 +150,8 @@ import sys
 import numpy as np
 from daal_ray.driver import PoolKeeper
 from daal_ray.errors import StaleWriterError
+
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
 keeper = PoolKeeper(sys.argv[1], "run-f", np.arange(100, 160, dtype=np.int64))
 print("epoch", keeper.epoch, flush=True)
 sys.stdin.readline()  # partitioned: meanwhile another driver takes the run over

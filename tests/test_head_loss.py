@@ -123,11 +123,44 @@ class TwoNodes:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
 
-    def submit(self, run_dir: Path) -> subprocess.Popen:
-        """``ray job submit`` of the job, which follows it until it ends (its output piped)."""
-        return subprocess.Popen([RAY, "job", "submit", "--address", self.address, "--submission-id",
-                                 f"digits-{secrets.token_hex(4)}", "--", *JOB, "--run-dir", str(run_dir)],
-                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def submit(self, run_dir: Path, ready_timeout: float = 180) -> subprocess.Popen:
+        """``ray job submit`` of the job, which follows it until it ends (its output piped).
+
+        A node just started may not have its job agent yet: the job server then answers
+        "No available agent to submit job, please try again later", and the submission is
+        tried again, as its message says, until ``ready_timeout``."""
+        deadline = time.time() + ready_timeout
+        while True:
+            proc = subprocess.Popen([RAY, "job", "submit", "--address", self.address, "--submission-id",
+                                     f"digits-{secrets.token_hex(4)}", "--", *JOB, "--run-dir", str(run_dir)],
+                                    env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                out = proc.communicate(timeout=20)[0]
+            except subprocess.TimeoutExpired:
+                return proc  # submitted: it follows the job
+            if "No available agent" not in out or time.time() > deadline:
+                return _Ended(proc, out)
+            time.sleep(2)
+
+
+class _Ended:
+    """A ``ray job submit`` that ended within the submission window, with its output kept
+    (a second ``communicate`` on the real process would read nothing)."""
+
+    def __init__(self, proc: subprocess.Popen, out: str) -> None:
+        self.proc, self.out, self.returncode = proc, out, proc.returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        return self.out, None
+
+    def kill(self) -> None:
+        pass
+
+    def wait(self) -> int:
+        return self.returncode
 
 
 def _wait_for_cycle_0(run_dir: Path, job: subprocess.Popen, timeout: float = 400) -> None:

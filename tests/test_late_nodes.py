@@ -13,6 +13,8 @@ from daal_ray import cycle as cycle_mod
 from daal_ray import runtime
 from daal_ray.errors import ConfigError
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 
 class _Probe:
     """Stands in for the per-node probe: records which node addresses are asked, and

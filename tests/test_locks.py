@@ -33,6 +33,8 @@ from daal_ray.errors import ConfigError, RunLockedError, StaleWriterError
 from daal_ray.pool import STATE_FILE, PoolState
 from daal_ray.rundir import LEASE_DIR, LOCK_FILE, hold_run_dir, lease_settings, read_lease
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 POOL = np.arange(50, dtype=np.int64)
 
 

@@ -9,41 +9,67 @@ preempted instance goes (its raylet and every process on it killed), then replac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 HERE = Path(__file__).resolve().parent
 
 
-def start_scenarios(out: Path) -> subprocess.Popen:
+def start_scenarios(out: Path, rc_file: bool = False) -> subprocess.Popen:
     """Start every scenario on a fresh three-node cluster, in a process of its own; its
     output goes to ``out/scenarios.log``. The suite starts it when the session begins
     (tests/conftest.py), so the cluster's minutes overlap the other tests, which mostly
-    wait on processes too."""
+    wait on processes too. With ``rc_file`` its exit status is written to ``out/rc`` when
+    it ends (read by xdist workers that did not start it, so cannot wait on it)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])})
     log = open(out / "scenarios.log", "wb")
-    return subprocess.Popen([sys.executable, str(HERE / "multinode_scenarios.py"), str(out)], env=env, cwd=out,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [sys.executable, str(HERE / "multinode_scenarios.py"), str(out)]
+    if rc_file:
+        cmd = ["sh", "-c", '"$@"; echo $? > rc.tmp && mv rc.tmp rc', "scenarios", *cmd]
+    return subprocess.Popen(cmd, env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_shared_scenarios(out: Path, timeout: float = 900) -> int:
+    """The exit status of scenarios another xdist worker started in ``out``, once written."""
+    deadline = time.time() + timeout
+    while not (out / "rc").exists():
+        if time.time() > deadline:
+            with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+                os.killpg(int((out / "pid").read_text()), 9)
+            raise TimeoutError(f"the multi-node scenarios did not finish in {timeout:g} s")
+        time.sleep(1)
+    return int((out / "rc").read_text())
 
 
 @pytest.fixture(scope="module")
 def scenarios(request, tmp_path_factory):
+    from conftest import shared_scenarios_dir
+
     started = getattr(request.config, "multinode_scenarios", None)
-    if started is None:  # this module alone: start them now
-        out = tmp_path_factory.mktemp("multinode")
-        started = (out, start_scenarios(out))
-    out, proc = started
-    try:
-        rc = proc.wait(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        raise
+    shared = shared_scenarios_dir()
+    if started is None and os.environ.get("PYTEST_XDIST_WORKER") and shared.exists():
+        out = shared
+        rc = wait_for_shared_scenarios(out)
+    else:
+        if started is None:  # this module alone: start them now
+            out = tmp_path_factory.mktemp("multinode")
+            started = (out, start_scenarios(out))
+        out, proc = started
+        try:
+            rc = proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            raise
     assert rc == 0, (out / "scenarios.log").read_text(errors="replace")[-4000:]
 
     def result(name: str) -> dict:

@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 SCRIPT = textwrap.dedent('''
     import json, sys, time
     import numpy as np

@@ -45,6 +45,8 @@ from daal_ray.config import ExperimentConfig
 from daal_ray.experiment import TRAIN_SNAPSHOT, run_experiment, run_on_worker_group, set_aside_torn_train_snapshot
 from daal_ray.runtime import init_ray
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 init_ray()
 cfg = ExperimentConfig.from_dict(json.loads(sys.argv[1]))
 real, calls = d.oracle_labels, []

@@ -183,6 +183,7 @@ def test_file_written_before_the_redundancy_columns_still_reads(tmp_path):
     assert read_results(tmp_path)["batch_cosine"].to_pylist()[2] == 0.25
 
 
+@pytest.mark.faults
 # --------------------------------------------------------------------------- torn reads
 def test_a_reader_never_sees_a_torn_or_mixed_generation_while_the_file_is_replaced(tmp_path):
     """One thread replaces results.parquet a thousand times (each generation g holds g % 7 + 1

@@ -48,6 +48,8 @@ from daal_ray.results import read_results
 from daal_ray.rundir import LEASE_DIR, STATE_FILE, hold_run_dir
 from daal_ray.tuning import plan_experiments
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 REASONS = {"ENOSPC": "the file system is full", "EROFS": "the file system is read-only"}
 RESULTS = "results.parquet"
 
