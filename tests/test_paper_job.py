@@ -63,13 +63,13 @@ def test_paper_jobs_run_both_daals_under_their_own_names(name, tmp_path):
     assert by_strategy["daal_paper"].name == f"{name}-daal_paper-seed0"
     assert by_strategy["daal_paper"].acquisition.params == by_strategy["daal"].acquisition.params  # epochs only
     if name == "cifar10":
-        assert {"least_confidence", "bald", "bald_power"} <= set(by_strategy)
+        assert {"least_confidence", "bald", "bald_power", "cluster_margin", "badge"} <= set(by_strategy)
 
 
 def test_the_digits_comparison_runs_every_baseline_and_both_daals():
     job = _load_job("digits")
-    assert {"random", "entropy", "margin", "least_confidence", "bald", "bald_power", "daal",
-            "daal_paper"} <= set(job.COMPARE_STRATEGIES)
+    assert {"random", "entropy", "margin", "least_confidence", "bald", "bald_power", "cluster_margin", "badge",
+            "daal", "daal_paper"} <= set(job.COMPARE_STRATEGIES)
     assert {"random", "entropy", "margin", "daal"} == set(job.DEFAULT_STRATEGIES)
 
 

@@ -44,7 +44,7 @@ class PaperJob:
     dataset: str
     doc: str
     default_strategies: tuple[str, ...] = ("random", "entropy", "margin", "least_confidence", "coreset", "bald",
-                                           "bald_power", "badge", "daal", "daal_paper")
+                                           "bald_power", "badge", "cluster_margin", "daal", "daal_paper")
     daal_epochs: int = 150
     metric: str = "accuracy"
     defaults: Mapping[str, Any] = field(default_factory=dict)
