@@ -25,6 +25,8 @@ from daal_ray.driver import PoolKeeper
 from daal_ray.errors import StaleWriterError
 from daal_ray.pool import EPOCH_DIR, STATE_FILE, PoolState, claim_epoch, epoch_of, newest_epoch
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 RUN = "run-f"
 POOL = np.arange(100, 160, dtype=np.int64)
 
@@ -151,7 +153,6 @@ import numpy as np
 from daal_ray.driver import PoolKeeper
 from daal_ray.errors import StaleWriterError
 
-pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
 keeper = PoolKeeper(sys.argv[1], "run-f", np.arange(100, 160, dtype=np.int64))
 print("epoch", keeper.epoch, flush=True)
 sys.stdin.readline()  # partitioned: meanwhile another driver takes the run over

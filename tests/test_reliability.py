@@ -32,6 +32,8 @@ from daal_ray.pool import PoolState, load_last_good
 from daal_ray.rundir import STATE_FILE, hold_run_dir
 from daal_ray.scoring import select_topk
 
+pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
+
 
 def _state(run_root: Path, cfg) -> PoolState:
     return PoolState.load(run_root / cfg.name / STATE_FILE)
@@ -44,8 +46,6 @@ import daal_ray.cycle as d
 from daal_ray.config import ExperimentConfig
 from daal_ray.experiment import TRAIN_SNAPSHOT, run_experiment, run_on_worker_group, set_aside_torn_train_snapshot
 from daal_ray.runtime import init_ray
-
-pytestmark = pytest.mark.faults  # pytest -m faults: every fault-injection test
 
 init_ray()
 cfg = ExperimentConfig.from_dict(json.loads(sys.argv[1]))
