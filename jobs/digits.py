@@ -24,9 +24,10 @@ from daal_ray.runtime import setup_logging
 
 DEFAULT_STRATEGIES = [s for s in ("random", "entropy", "margin", "daal") if s in strategy_names()]
 # `--compare`: every baseline the acquisition claims are judged against, and both DAALs
-# (BENCHMARKS.md's paired digits table: this list but bald, bald_power and cluster_margin, over 5 seeds).
+# (BENCHMARKS.md's paired digits table, over 5 seeds).
 COMPARE_STRATEGIES = [s for s in ("random", "entropy", "margin", "least_confidence", "bald", "bald_power",
-                                  "cluster_margin", "badge", "daal", "daal_paper") if s in strategy_names()]
+                                  "cluster_margin", "badge", "typicality", "daal", "daal_paper")
+                      if s in strategy_names()]
 
 
 def main(argv=None) -> int:

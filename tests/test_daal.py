@@ -21,9 +21,19 @@ from torch import nn
 
 from daal_ray.acquisition.base import FitContext
 from daal_ray.acquisition.daal import DAALStrategy, Discriminator, FeatureVAE, ScoreNet
-from daal_ray.acquisition.daal.fit import DAALNets, DAALParams, daal_inputs, daal_step, train_daal
+from daal_ray.acquisition.daal.fit import (
+    DAALNets,
+    DAALParams,
+    cdf_knots,
+    daal_inputs,
+    daal_step,
+    empirical_cdf,
+    score_features,
+    train_daal,
+)
 from daal_ray.acquisition.daal.losses import dpp_loss, gan_loss, generator_gan_loss, length_loss, prior_loss, recon_loss
 from daal_ray.acquisition.daal.synthetic import DENSE, known_answer_pool
+from daal_ray.acquisition.uncertainty import sample_margin
 from daal_ray.config import ScaleConfig
 from daal_ray.errors import ConfigError, DataError
 from daal_ray.scoring import select_topk
@@ -442,3 +452,147 @@ def test_the_confidence_profile_lets_daal_find_the_samples_the_model_is_unsure_o
         share[weight] = float(uncertain[np.argsort(-strategy.score(unlabeled))[:100]].mean())
     assert share[DAALParams().confidence_weight] >= 0.8, share
     assert share[0.0] <= 0.4, share
+
+
+# ====================================================================== the margin fusion
+def _fusion_pool(seed: int = 0, dim: int = 8, classes: int = 10) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inference output where DAAL (on the features alone) and the margin disagree: the labeled
+    rows and half the unlabeled ones lie in one Gaussian cluster, the other half in a cluster
+    far from it; independently of that, a share of each half hesitates between two classes
+    (margin 0.005-0.03) and the rest predicts one with 0.9. Returns the table and each
+    unlabeled row's group: 0 near + sure, 1 far + sure, 2 near + hesitant, 3 far + hesitant."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat([-1, 0, 1, 2, 3], [200, 300, 300, 100, 40])
+    far = np.isin(group, (1, 3))
+    x = rng.standard_normal((group.size, dim)).astype(np.float32)
+    x[far] += 4.0
+    probs = np.full((group.size, classes), 0.1 / (classes - 1), np.float32)
+    top = rng.integers(0, classes, group.size)
+    probs[np.arange(group.size), top] = 0.9
+    tied = np.isin(group, (2, 3))
+    second = (top + 1 + rng.integers(0, classes - 1, group.size)) % classes
+    gap = rng.uniform(0.005, 0.03, group.size).astype(np.float32)
+    probs[tied] = ((1.0 - 0.54 + gap[tied]) / (classes - 2))[:, None]
+    probs[tied, top[tied]], probs[tied, second[tied]] = 0.27, 0.27 - gap[tied]
+    table = {"sample_id": np.arange(group.size, dtype=np.int64) * 2 + 5, "labeled": group < 0, "features": x,
+             "probs": probs}
+    return table, group[group >= 0]
+
+
+def test_the_margin_fused_score_ranks_samples_both_terms_rate_high_first():
+    """Known answer for ``margin_weight``: DAAL on the features alone rates the far cluster high,
+    the margin rates the hesitant rows high; only the 40 far *and* hesitant rows are rated high
+    by both. Half and half, the fused top 40 is mostly those (a uniform draw: 40 of 740, 5%);
+    each term alone cannot tell them from the rest of its own high group (40 of 340 and 40 of
+    140). At weight 1 the top 40 is exactly the margin's; at 0 the score is ScoreNet's own."""
+    table, group = _fusion_pool()
+    unlabeled = {k: v[~table["labeled"]] for k, v in table.items()}
+    small = dict(confidence_weight=0.0, epochs=20, batch_size=64, score_hidden=(32, 32, 16, 8),
+                 disc_hidden=(32, 32, 16, 8), vae_hidden=(32, 32, 32, 16, 16, 16), latent_dim=4)
+    fused = DAALStrategy(DAALParams(margin_weight=0.5, **small), seed=0, cycle=0)
+    assert fused.needs == {"features", "probs"}
+    fused.fit(FitContext(features=table, num_labeled=int(table["labeled"].sum()), cycle=0))
+    # The fit does not depend on the weight (DAAL's input is the same): the other weights
+    # score with the same fitted state.
+    scores = {0.5: fused.score(unlabeled)}
+    for w in (0.0, 1.0):
+        other = DAALStrategy(DAALParams(margin_weight=w, **small), seed=0, cycle=0)
+        other.__dict__.update({k: v for k, v in fused.__dict__.items() if k != "params"})
+        scores[w] = other.score(unlabeled)
+    share = {w: float(np.mean(group[np.argsort(-s, kind="stable")[:40]] == 3)) for w, s in scores.items()}
+    assert share[0.5] >= 0.8, share
+    assert share[0.0] <= 0.4 and share[1.0] <= 0.6, share
+    by_margin = np.argsort(sample_margin(unlabeled["probs"]), kind="stable")[:40]
+    assert set(np.argsort(-scores[1.0], kind="stable")[:40]) == set(by_margin)
+    raw = score_features(fused._score_net(), daal_inputs(unlabeled, fused.params))
+    np.testing.assert_allclose(scores[0.0], raw, rtol=1e-6)  # weight 0: the DAAL of before, a sigmoid
+    assert DAALStrategy(DAALParams(margin_weight=0.0, **small), seed=0, cycle=0).needs == {"features"}
+    with pytest.raises(ConfigError, match="margin_weight"):
+        DAALParams(margin_weight=1.5)
+
+
+def test_class_balance_takes_the_same_top_share_of_every_predicted_class():
+    """Known answer for ``class_balance``: the model hesitates on every sample it predicts as
+    class 0 (30% of the unlabeled pool) and is sure of the rest, so the margin's top 100 is
+    all class 0 (a uniform draw: 30). Ranked within each predicted class, the top 100 holds
+    each class in proportion to its share of the pool (30, 20, 10, 10, 5, ...), as a uniform
+    draw does on average, but still each class's most uncertain samples."""
+    rng = np.random.default_rng(0)
+    counts = np.array([300, 200, 100, 100, 50, 50, 50, 50, 50, 50])
+    n_lab, classes = 100, counts.size
+    pred = np.concatenate([rng.integers(0, classes, n_lab), np.repeat(np.arange(classes), counts)])
+    top = rng.uniform(0.5, 0.95, pred.size)
+    top[n_lab:][pred[n_lab:] == 0] = rng.uniform(0.3, 0.35, counts[0])  # class 0: the model hesitates
+    probs = np.tile(((1.0 - top) / (classes - 1))[:, None], (1, classes))
+    probs[np.arange(pred.size), pred] = top
+    table = {"sample_id": np.arange(pred.size, dtype=np.int64), "labeled": np.arange(pred.size) < n_lab,
+             "features": rng.standard_normal((pred.size, 4)).astype(np.float32), "probs": probs.astype(np.float32)}
+    unlabeled = {k: v[n_lab:] for k, v in table.items()}
+    small = dict(margin_weight=1.0, epochs=1, batch_size=64, score_hidden=(8, 8, 8, 8), disc_hidden=(8, 8, 8, 8),
+                 vae_hidden=(8, 8, 8, 8, 8, 8), latent_dim=2)
+    picked = {}
+    for balance in (False, True):
+        strategy = DAALStrategy(DAALParams(class_balance=balance, **small), seed=0, cycle=0)
+        strategy.fit(FitContext(features=table, num_labeled=n_lab, cycle=0))
+        scores = strategy.score(unlabeled)
+        picked[balance] = np.argsort(-scores, kind="stable")[:100]
+    assert np.bincount(pred[n_lab:][picked[False]], minlength=classes)[0] == 100
+    per_class = np.bincount(pred[n_lab:][picked[True]], minlength=classes)
+    assert np.abs(per_class - counts / 10).max() <= 2, per_class
+    # within each class, its most uncertain samples
+    margin = sample_margin(unlabeled["probs"])
+    for c in range(classes):
+        rows = np.flatnonzero(pred[n_lab:] == c)
+        chosen = np.intersect1d(rows, picked[True])
+        assert margin[chosen].max() <= np.sort(margin[rows])[chosen.size + 1], c
+    assert DAALStrategy(DAALParams(confidence_weight=0, class_balance=True), seed=0, cycle=0).needs == {
+        "features", "probs"}
+
+
+def test_the_empirical_cdf_is_the_share_of_the_fit_sample_at_or_below():
+    values = np.r_[np.zeros(500), np.linspace(0.001, 1.0, 500)]
+    knots = cdf_knots(values)
+    got = empirical_cdf(knots, np.array([-1.0, 0.0, 0.5, 1.0, 2.0]))
+    np.testing.assert_allclose(got, [0.0, 0.5, 0.75, 1.0, 1.0], atol=2e-3)
+    u = np.random.default_rng(0).random(5000)
+    ranks = (np.argsort(np.argsort(u)) + 1) / u.size
+    np.testing.assert_allclose(empirical_cdf(cdf_knots(u), u), ranks, atol=2e-3)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_normalize_false_feeds_daal_the_raw_features(monkeypatch, normalize):
+    """Features of norm ~200: with ``normalize=False`` every ScoreNet input, in the fit and
+    in the scoring, carries each sample's features as they are (its confidence profile
+    after them); with ``normalize=True`` (the control) every input row has unit norm."""
+    table, _ = _confidence_pool(seed=1, n_labeled=40, n_confident=120, n_uncertain=40)
+    table["features"] = table["features"] * 50.0
+    dim = table["features"].shape[1]
+    unl = ~table["labeled"]
+    raw = np.sort(np.linalg.norm(table["features"][unl], axis=1))
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    forward = ScoreNet.forward
+
+    def spy(self, x):
+        seen.append((x[:, :dim].detach().norm(dim=1).numpy().copy(), x.detach().norm(dim=1).numpy().copy()))
+        return forward(self, x)
+
+    monkeypatch.setattr(ScoreNet, "forward", spy)
+    strategy = DAALStrategy(DAALParams(normalize=normalize, epochs=1, batch_size=32, score_hidden=(16, 16, 8, 8),
+                                       disc_hidden=(16, 16, 8, 8), vae_hidden=(16, 16, 8, 8, 8, 8), latent_dim=4),
+                            seed=0, cycle=0)
+    strategy.fit(FitContext(features=table, num_labeled=int(table["labeled"].sum()), cycle=0))
+    fitted, seen[:] = list(seen), []
+    strategy.score({k: v[unl] for k, v in table.items()})
+    scored = list(seen)
+    assert fitted and sum(f.size for f, _ in scored) == unl.sum()
+    feature_norms = np.concatenate([f for f, _ in fitted + scored])
+    row_norms = np.concatenate([r for _, r in fitted + scored])
+    if normalize:
+        np.testing.assert_allclose(row_norms, 1.0, rtol=1e-4)
+    else:
+        # Each input's feature part is one of the unlabeled samples' raw features.
+        nearest = raw[np.clip(np.searchsorted(raw, feature_norms), 0, raw.size - 1)]
+        below = raw[np.clip(np.searchsorted(raw, feature_norms) - 1, 0, raw.size - 1)]
+        gap = np.minimum(np.abs(nearest - feature_norms), np.abs(below - feature_norms))
+        assert (gap <= 1e-4 * feature_norms).all() and feature_norms.min() > 50.0
+        np.testing.assert_allclose(scored[0][0], np.linalg.norm(table["features"][unl], axis=1), rtol=1e-5)

@@ -15,6 +15,7 @@ from daal_ray.acquisition import (  # noqa: F401
     random,
     rss,
     suggestive,
+    typicality,
     uncertainty,
     vaal,
 )

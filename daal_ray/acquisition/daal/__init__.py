@@ -26,12 +26,15 @@ from daal_ray.acquisition.daal.fit import (
     FEATURES_ALONE_HINT,
     DAALPaperParams,
     DAALParams,
+    cdf_knots,
     daal_inputs,
+    empirical_cdf,
     input_columns,
     score_features,
     train_daal,
 )
 from daal_ray.acquisition.daal.networks import Discriminator, FeatureVAE, ScoreNet
+from daal_ray.acquisition.uncertainty import sample_margin
 from daal_ray.runtime import derive_seed, world
 from daal_ray.sampling import fit_features
 
@@ -58,6 +61,19 @@ def features_by_labeled(features: Any, rank: int = 0, world: int = 1) -> tuple[n
     return xl[rank::world], xu[rank::world]
 
 
+def predicted_class(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The task model's most probable class per row of the batch's ``probs`` (for dense
+    predictions, of the image's mean pixel probabilities)."""
+    probs = np.asarray(batch["probs"])
+    return probs.reshape(probs.shape[0], -1).argmax(axis=1)
+
+
+def margin_uncertainty(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``1 - (p_(1) - p_(2))`` per row of the batch's ``probs``: 1 where the model hesitates
+    between two classes, 0 where it is sure."""
+    return 1.0 - sample_margin(batch["probs"])
+
+
 @register_strategy
 class DAALStrategy(Strategy):
     """DAAL's one-stage uncertainty + representativeness score from its trained ScoreNet."""
@@ -77,19 +93,44 @@ class DAALStrategy(Strategy):
         """DAAL's input rows of a batch of the pool predictor's output (:func:`daal_inputs`)."""
         return daal_inputs(batch, self.params)
 
+    def _fit_rows(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """DAAL's input rows, then what the selection score reads besides ScoreNet: each
+        row's margin uncertainty (``margin_weight``) and predicted class (``class_balance``)."""
+        x = self.inputs(batch)
+        extra = ([margin_uncertainty(batch)] if self.params.margin_weight > 0 else []) + (
+            [predicted_class(batch)] if self.params.class_balance else [])
+        if not extra:
+            return x
+        return np.concatenate([x, np.stack(extra, axis=1).astype(np.float32)], axis=1)
+
     def fit(self, ctx: FitContext) -> None:
         rank, size = world()
+        p = self.params
         # Every labeled row and a bounded, seeded sample of unlabeled ones, streamed: no
         # rank gathers the pool (pools within max_fit_unlabeled are read whole).
-        xl, xu = fit_features(ctx.features, self.params.max_fit_unlabeled, self.fit_sample_key(), rank, size,
-                              columns=input_columns(self.params), inputs=self.inputs)
+        xl, xu = fit_features(ctx.features, p.max_fit_unlabeled, self.fit_sample_key(), rank, size,
+                              columns=input_columns(p), inputs=self._fit_rows)
+        n_extra = int(p.margin_weight > 0) + int(p.class_balance)
+        extra_u = xu[:, xu.shape[1] - n_extra:]
+        if n_extra:
+            xl, xu = xl[:, :-n_extra], xu[:, :-n_extra]
         ckpt = Path(ctx.run_dir) / "checkpoints" / f"cycle_{ctx.cycle:03d}" / "daal.pt" if ctx.run_dir else None
-        nets, self.history = train_daal(xl, xu, self.params, seed=derive_seed(self.seed, self.cycle, 0xDAA1),
+        nets, self.history = train_daal(xl, xu, p, seed=derive_seed(self.seed, self.cycle, 0xDAA1),
                                         device=ctx.device or torch.device("cpu"), checkpoint=ckpt,
-                                        log_every=max(1, self.params.epochs // 5))
+                                        log_every=max(1, p.epochs // 5))
         self.feature_dim = xu.shape[1]
         self.score_state = {k: v.detach().cpu() for k, v in nets.score.state_dict().items()}
         self._net = None
+        # The selection score's CDFs come from this rank's unlabeled fit sample (rank 0's
+        # strategy selects): fixed after the fit, so the pool is still scored batch by batch.
+        s_u = score_features(self._score_net(), xu, normalize=p.normalize)
+        if p.margin_weight > 0:
+            self.score_knots, self.margin_knots = cdf_knots(s_u), cdf_knots(extra_u[:, 0])
+            s_u = self._fused(s_u, extra_u[:, 0])
+        if p.class_balance:
+            pred = extra_u[:, -1].astype(np.int64)
+            self.class_knots = {int(c): cdf_knots(s_u[pred == c]) for c in np.unique(pred)}
+            self.all_knots = cdf_knots(s_u)  # for a class the fit sample does not predict
 
     def fit_sample_key(self) -> int:
         """Hash key of this cycle's bounded unlabeled sample (one per seed and cycle)."""
@@ -103,8 +144,25 @@ class DAALStrategy(Strategy):
             self._net = net.eval()
         return net
 
+    def _fused(self, s: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
+        w = self.params.margin_weight
+        return (1.0 - w) * empirical_cdf(self.score_knots, s) + w * empirical_cdf(self.margin_knots, uncertainty)
+
     def score(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        return score_features(self._score_net(), self.inputs(batch), normalize=self.params.normalize)
+        p = self.params
+        s = score_features(self._score_net(), self.inputs(batch), normalize=p.normalize)
+        if p.margin_weight > 0:
+            s = self._fused(s, margin_uncertainty(batch))
+        if not p.class_balance:
+            return s
+        # Each sample's rank among the unlabeled samples of its predicted class: the top-K
+        # then takes the same top share of every class, not a batch of one class.
+        pred = predicted_class(batch)
+        out = np.empty(s.shape, dtype=np.float64)
+        for c in np.unique(pred):
+            rows = pred == c
+            out[rows] = empirical_cdf(self.class_knots.get(int(c), self.all_knots), s[rows])
+        return out
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -134,6 +134,16 @@ class DAALParams(Config):
             however many classes the task has (1,000 classes would otherwise add 1,000
             columns to every network's first layer and to the fit's sample); the tail of a
             sorted profile is near zero and carries little.
+        margin_weight: the selection score is ``(1 - w) F_daal(s) + w F_margin(1 - margin)``,
+            each term the empirical CDF of its quantity over the fit's unlabeled sample (a
+            rank in [0, 1], fixed after the fit, so scoring stays one pass per batch); 0 (the
+            paper) selects by ScoreNet's score ``s`` alone, 1 by the margin alone. The margin
+            is ``p_(1) - p_(2)`` of the task model's softmax.
+        class_balance: select by each sample's rank (the empirical CDF of its score, fused
+            with the margin if ``margin_weight``) among the fit sample's unlabeled samples
+            of the same predicted class, instead of by the score itself: the top-K then
+            takes about the same top share of every predicted class, in proportion to the
+            class's share of the unlabeled pool, instead of one dense region of one class.
         max_fit_unlabeled: most unlabeled features the fit reads (0 = all): every labeled
             feature plus a uniform sample of this many unlabeled ones, the smallest
             ``hash_uniform(sample_id)`` values (deterministic per seed and cycle, streamed
@@ -178,6 +188,8 @@ class DAALParams(Config):
     w_feature_recon: float = 1.0
     confidence_weight: float = 1.0
     profile_size: int = 16
+    margin_weight: float = 0.0
+    class_balance: bool = False
     max_fit_unlabeled: int = 100_000
     checkpoint_every_s: float = 30.0
 
@@ -199,6 +211,7 @@ class DAALParams(Config):
               f"daal confidence_weight must be a finite number >= 0 (0 = the features alone), "
               f"got {self.confidence_weight}")
         check(self.profile_size >= 1, f"daal profile_size must be >= 1, got {self.profile_size}")
+        check(0.0 <= self.margin_weight <= 1.0, f"daal margin_weight must be in [0, 1], got {self.margin_weight}")
         check(self.max_fit_unlabeled >= 0, f"daal max_fit_unlabeled must be >= 0 (0 = all), got {self.max_fit_unlabeled}")
         check(self.checkpoint_every_s >= 0, f"daal checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
 
@@ -270,8 +283,28 @@ FEATURES_ALONE_HINT = "give daal confidence_weight=0 to read the features alone"
 
 
 def input_columns(p: DAALParams) -> tuple[str, ...]:
-    """The inference-output columns DAAL's input is built from (:func:`daal_inputs`)."""
-    return ("features", "probs") if p.confidence_weight > 0 else ("features",)
+    """The inference-output columns DAAL reads: its input (:func:`daal_inputs`) and, with
+    ``margin_weight`` or ``class_balance``, the probabilities for the margin and the class."""
+    uses_probs = p.confidence_weight > 0 or p.margin_weight > 0 or p.class_balance
+    return ("features", "probs") if uses_probs else ("features",)
+
+
+# Points of the empirical CDFs the fused score maps each term through (fit-time quantiles).
+CDF_POINTS = 1025
+
+
+def cdf_knots(values: np.ndarray) -> np.ndarray:
+    """Quantiles of ``values`` at :data:`CDF_POINTS` evenly spaced levels: the knots of its
+    empirical CDF (:func:`empirical_cdf`)."""
+    return np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0.0, 1.0, CDF_POINTS))
+
+
+def empirical_cdf(knots: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The share of the fit sample at or below each of ``values`` (linear between knots), in [0, 1]."""
+    levels = np.linspace(0.0, 1.0, knots.size)
+    # Flat runs of knots (many equal values) take the run's top level, as a CDF does.
+    uniq, last = np.unique(knots[::-1], return_index=True)
+    return np.interp(np.asarray(values, dtype=np.float64), uniq, levels[::-1][last], left=0.0, right=1.0)
 
 
 def daal_inputs(batch: Mapping[str, np.ndarray], p: DAALParams) -> np.ndarray:
