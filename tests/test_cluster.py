@@ -319,6 +319,7 @@ def local_head():
         head.stop()
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_cityscapes_smoke_test_to_success(local_head, tmp_path):
     """The smoke test (DAAL on a generated fixture in the official layout, 2 Ray Train workers
@@ -364,6 +365,7 @@ def test_ray_job_submit_runs_the_cityscapes_smoke_test_to_success(local_head, tm
     assert {w["node_id"] for w in workers} == worker_nodes, (workers, worker_nodes)
 
 
+@pytest.mark.cluster
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_failing_job_makes_ray_job_submit_exit_non_zero(local_head, tmp_path):
@@ -375,6 +377,7 @@ def test_a_failing_job_makes_ray_job_submit_exit_non_zero(local_head, tmp_path):
     assert str(tmp_path / "missing") in out, "the job's error names the missing data root"
 
 
+@pytest.mark.cluster
 @pytest.mark.faults
 @pytest.mark.slow
 @pytest.mark.parametrize("auth", ["none", "wrong"])
@@ -391,6 +394,7 @@ def test_ray_job_submit_without_the_token_is_refused(local_head, auth):
     assert "authentication" in (r.stdout + r.stderr).lower()
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 def test_a_local_instance_started_next_to_another_cluster_finds_itself(local_head, tmp_path):
     """Two Ray instances on one machine (the cluster above and the one ``init_ray`` starts):

@@ -450,6 +450,7 @@ def clean_run(jobs):
 
 
 # ====================================================================== tests
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.faults
@@ -478,6 +479,7 @@ def test_a_record_run_lists_every_write_of_the_job_in_order(jobs, clean_run):
     check_outcome(clean, clean, "the uninterrupted run")
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.faults
@@ -492,6 +494,7 @@ def test_a_job_killed_at_each_write_point_resumes_to_the_uninterrupted_outcome(j
     check_outcome(outcome(jobs.root / "points"), clean, "killed at every write point")
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.faults

@@ -181,6 +181,7 @@ def cluster_root():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.faults
 def test_a_job_whose_head_node_is_lost_mid_cycle_resumes_when_submitted_again(cluster_root, tmp_path):

@@ -459,6 +459,7 @@ def test_two_cycles_with_people(ray_session, tmp_path):
     assert any("held-out test accuracy 1.0000 (3 images)" in line for line in status.lines())
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_select_as_shipped_and_too_few_cpus_refused_at_once(ray_session, tmp_path, capsys):

@@ -88,6 +88,7 @@ def _same_outcome(clean: dict, faulty: dict) -> None:
     assert faulty["result_cycles"] == clean["result_cycles"] == [0, 1], "every cycle recorded once"
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_the_run_directory_check_reaches_every_node(scenarios):
@@ -95,6 +96,7 @@ def test_the_run_directory_check_reaches_every_node(scenarios):
     assert found["checked_nodes"] == found["alive_nodes"] == 3
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_the_aldriver_node_lost_between_propose_and_commit_and_while_training(scenarios):
@@ -107,6 +109,7 @@ def test_the_aldriver_node_lost_between_propose_and_commit_and_while_training(sc
     _same_outcome(found["clean"], found["faulty"])
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_train_worker_node_lost_mid_training_restarts_the_group_from_the_checkpoints(scenarios):
@@ -118,6 +121,7 @@ def test_a_train_worker_node_lost_mid_training_restarts_the_group_from_the_check
     _same_outcome(found["clean"], faulty)
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_scoring_node_lost_mid_pass_scores_every_unlabeled_id_exactly_once(scenarios):
@@ -134,6 +138,7 @@ def test_a_scoring_node_lost_mid_pass_scores_every_unlabeled_id_exactly_once(sce
     assert found["rows_started"] >= found["num_unlabeled"]
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_sweep_trial_whose_node_is_lost_is_retried_and_finished_trials_are_not_redone(scenarios):

@@ -133,6 +133,7 @@ def test_daal_losses_print_rounded():
     assert text == "recon 57.42, prior 0.03564, length 0.1689, dpp 4.438, gan -0.7726, mean_score 0.3655"
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.faults
 def test_ctrl_c_stops_a_job_within_seconds_and_says_how_to_resume(tmp_path):

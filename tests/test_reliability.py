@@ -62,6 +62,7 @@ run_experiment(cfg, sys.argv[2])
 """
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 def test_job_killed_between_propose_and_commit_spends_no_budget_twice(ray_session, tiny_config, tmp_path,
                                                                       monkeypatch):

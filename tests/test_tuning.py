@@ -210,6 +210,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
