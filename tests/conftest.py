@@ -71,11 +71,28 @@ def digits_predictor(tmp_path):
     return build
 
 
+# The order xdist hands the test files out in (pyproject.toml passes --no-loadscope-reorder,
+# which keeps it): the longest files first, as measured, so the two workers end together;
+# then the rest. The multi-node scenarios start with the session in a process of their own
+# and tests/test_multinode.py only waits for them, so it goes last, after the other files
+# have run meanwhile; the real three-node cluster of tests/test_cluster.py waits until the
+# scenarios' cluster is gone (two clusters of three nodes at once on a small machine slow
+# each other down more than they overlap), so it comes after them.
+LONGEST_FIRST = ("test_experiment.py", "test_daal.py", "test_reliability.py", "test_crash_points.py",
+                 "test_tuning.py", "test_progress.py", "test_head_loss.py", "test_tracking.py",
+                 "test_selection_workers.py", "test_label_studio_server.py", "test_pressure.py")
+LAST = ("test_multinode.py", "test_cluster.py")
+
+
+def _file_rank(item) -> tuple[int, int]:
+    name = Path(str(item.fspath)).name
+    if name in LONGEST_FIRST:
+        return 0, LONGEST_FIRST.index(name)
+    return (2, LAST.index(name)) if name in LAST else (1, 0)
+
+
 def pytest_collection_modifyitems(config, items):
-    # The real three-node cluster of tests/test_cluster.py runs after the multi-node
-    # scenarios have finished (tests/test_multinode.py waits for them): two clusters of
-    # three nodes at once on a small machine slow each other down more than they overlap.
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_cluster.py"))
+    items.sort(key=_file_rank)  # stable: each file's tests keep their order
     unmarked = [item.nodeid for item in items
                 if "ray_session" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None]
     if unmarked:

@@ -89,6 +89,7 @@ PROBE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_local_instance_with_auth_refuses_unauthenticated_calls(tmp_path):

@@ -73,6 +73,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_pool_larger_than_the_object_store_spills_and_selects_the_same_even_with_a_slow_worker():

@@ -248,6 +248,7 @@ def _check_against_results(target, run_dir, names):
     return runs
 
 
+@pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
 def test_run_then_sweep_log_one_mlflow_run_per_experiment_and_a_rerun_adds_nothing(ray_session, tmp_path, capsys):
