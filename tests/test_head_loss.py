@@ -123,7 +123,7 @@ class TwoNodes:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
 
-    def submit(self, run_dir: Path, ready_timeout: float = 180) -> subprocess.Popen:
+    def submit(self, run_dir: Path, ready_timeout: float = 420) -> subprocess.Popen:
         """``ray job submit`` of the job, which follows it until it ends (its output piped).
 
         A node just started may not have its job agent yet: the job server then answers
