@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from listening import descendants
-from test_cluster import RAY, _free_ports, _worker_port_ranges
+from test_cluster import RAY, LocalHead, _free_ports, _worker_port_ranges
 from test_crash_points import EXPERIMENT, check_pool, outcome, uninterrupted_random_outcome
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,10 +69,14 @@ class TwoNodes:
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         for key in ("RAY_ADDRESS", "RAY_REDIS_ADDRESS"):
             self.env.pop(key, None)
-        ports = iter(_free_ports(10))
+        # Every port of both nodes chosen free, the agents' too: a default port (the
+        # dashboard agent's 52365) may be held by another Ray instance on the machine, and a
+        # head whose agent cannot listen never takes a job ("No available agent").
+        ports = iter(_free_ports(3 + 12))
         self.gcs, self.dash, self.client = next(ports), next(ports), next(ports)
-        self.blocks = _worker_port_ranges(2)
-        self.own_ports = [next(ports) for _ in range(7)]
+        blocks = _worker_port_ranges(2)
+        self.head_ports = LocalHead._node_ports(ports, blocks[0])
+        self.worker_ports = LocalHead._node_ports(ports, blocks[1])
         self.address = f"http://127.0.0.1:{self.dash}"
         self.head: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
@@ -82,13 +86,11 @@ class TwoNodes:
         self.head = self._start("head", env, [
             "--head", f"--port={self.gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
             "--include-dashboard=true", f"--ray-client-server-port={self.client}", "--num-cpus=0",
-            f"--temp-dir={self.root / 'r'}", f"--min-worker-port={self.blocks[0][0]}",
-            f"--max-worker-port={self.blocks[0][1]}"])
+            f"--temp-dir={self.root / 'r'}", *self.head_ports])
 
     def start_worker(self) -> None:
         self.worker = self._start("worker", self.env, [
-            f"--address=127.0.0.1:{self.gcs}", f"--num-cpus={WORKER_CPUS}", f"--min-worker-port={self.blocks[1][0]}",
-            f"--max-worker-port={self.blocks[1][1]}"])
+            f"--address=127.0.0.1:{self.gcs}", f"--num-cpus={WORKER_CPUS}", *self.worker_ports])
 
     def _start(self, name: str, env: dict, args: list[str]) -> subprocess.Popen:
         log = self.root / f"{name}.log"
