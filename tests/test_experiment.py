@@ -199,9 +199,10 @@ def test_entropy_and_daal_on_a_real_two_rank_worker_group(ray_session, tiny_conf
     (one start-up for both): entropy, with Ray Data actors for the features, raises the
     accuracy with its labels; DAAL's fit runs on both ranks (features broadcast, gradients
     averaged), then its ScoreNet scores the pool through Ray Data."""
-    entropy = tiny_config("entropy", num_workers=2, initial_fraction=0.03, step_fraction=0.25, final_fraction=0.28)
+    entropy = tiny_config("entropy", num_workers=2, inference_compute="actors", initial_fraction=0.03,
+                          step_fraction=0.25, final_fraction=0.28)
     entropy = entropy.replace(train=entropy.train.replace(epochs=15))
-    daal = tiny_config("daal", num_workers=2, final_fraction=0.10)
+    daal = tiny_config("daal", num_workers=2, inference_compute="actors", final_fraction=0.10)
     daal = daal.replace(acquisition=daal.acquisition.replace(params={"epochs": 2, "batch_size": 32}))
     entropy_table, daal_table = run_experiment_group([entropy, daal], tmp_path)
 
