@@ -216,6 +216,14 @@ def cluster_root():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _kill_left(submitted: list[subprocess.Popen]) -> None:
+    """Kill any ``ray job submit`` still following a job the test gave up on."""
+    for proc in submitted:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.faults
@@ -251,10 +259,7 @@ def test_a_job_whose_head_node_is_lost_mid_cycle_resumes_when_submitted_again(cl
         assert again.returncode == 0, out[-4000:]
     finally:
         nodes.stop()
-        for proc in submitted:  # a `ray job submit` left following a job the test gave up on
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill_left(submitted)
     got = outcome(run_dir)
     check_pool(got, uninterrupted_random_outcome(run_dir, EXPERIMENT), "resubmitted after the head was lost")
     assert [r["cycle"] for r in got["rows"]] == [0, 1, 2] and got["figure"]
@@ -328,10 +333,7 @@ def test_with_gcs_fault_tolerance_the_worker_node_outlives_the_head_and_the_job_
     finally:
         nodes.stop()
         redis.stop()
-        for proc in submitted:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill_left(submitted)
     got = outcome(run_dir)
     check_pool(got, uninterrupted_random_outcome(run_dir, EXPERIMENT), "resubmitted after the head came back")
     assert [r["cycle"] for r in got["rows"]] == [0, 1, 2] and got["figure"]
