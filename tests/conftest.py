@@ -43,7 +43,7 @@ def tiny_config():
     """A fast digits experiment: 3 cycles of 3 epochs, in-process training (num_workers=0),
     the pool's inference in Ray Data tasks as the digits and Cityscapes jobs run it (a warm
     worker process takes every batch: an actor pool starts a process, torch and the model
-    for each pass, 15-25 s of a 2-core machine's time, where the pass itself is under a
+    for each pass, 14-23 s of a 2-core machine's time, where the pass itself is under a
     second). ``inference_compute="actors"`` for the actor pool (the library's default)."""
     def make(strategy="random", seed=0, num_workers=0, inference_compute="tasks", **protocol):
         protocol = {"initial_fraction": 0.05, "step_fraction": 0.05, "final_fraction": 0.15, **protocol}
