@@ -148,8 +148,13 @@ def test_ctrl_c_stops_a_job_within_seconds_and_says_how_to_resume(tmp_path):
     cmd = [sys.executable, str(REPO / "jobs" / "digits.py"), "--smoke-test", "--strategies", "random",
            "--run-dir", str(run_dir), "--num-cpus", "4"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DAAL_RAY_DASHBOARD": "0"}
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default. A test run started
+    # in the background (`pytest ... &` from a script) hands its children SIGINT ignored, and
+    # Python keeps it ignored: the job then stopped only when a Ray worker of the group passed
+    # the interrupt on, and once ran on and exited 0. Reset it in the child.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     worker_log = run_dir / "digits-random-seed0" / "worker-rank0.log"
     deadline = time.time() + 180
     while not worker_log.exists() and proc.poll() is None and time.time() < deadline:
