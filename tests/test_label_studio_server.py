@@ -144,7 +144,7 @@ def _running(exe: str, data_dir: Path, env: dict[str, str], log: Path, *flags: s
             try:
                 if requests.get(url + "/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting up
                 pass
             if time.monotonic() - t0 > START_TIMEOUT_S:
                 pytest.fail(f"label-studio was not ready at {url} after {START_TIMEOUT_S}s:\n{_tail(log)}")
