@@ -369,7 +369,7 @@ def main() -> None:
     ap.add_argument("--probe", default="", help="cycles of random's labeled set to probe one step from (e.g. 0,4)")
     args = ap.parse_args()
     out = Path(args.out)
-    root = str(Path(args.data_root).resolve()) if args.data_root else None
+    root = args.data_root  # as given: a relative root keeps the run keys the same on any checkout
     if args.summary:
         if args.probe:
             print(probe_summary(load(out), root))

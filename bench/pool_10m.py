@@ -264,11 +264,12 @@ def main() -> int:
                  include_dashboard=False, logging_level="WARNING")
         quiet_ray_data()
         # The shards hold features (and probabilities for cluster_margin): DAAL's input is the
-        # features alone (confidence_weight=0).
+        # features alone (confidence_weight=0), selected by ScoreNet's score alone.
         if args.strategy == "cluster_margin":
             params = {}
         else:
-            params = {"epochs": args.epochs, "max_fit_unlabeled": args.max_fit_unlabeled, "confidence_weight": 0}
+            params = {"epochs": args.epochs, "max_fit_unlabeled": args.max_fit_unlabeled, "confidence_weight": 0,
+                      "margin_weight": 0.0, "class_balance": False}
             if args.strategy == "daal_diverse" and args.seeding_rows is not None:
                 params["seeding_rows"] = args.seeding_rows
         scale = ScaleConfig(inference_batch_size=args.batch_size, inference_actors=args.actors)

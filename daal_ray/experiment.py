@@ -24,6 +24,7 @@ import pyarrow as pa
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from daal_ray.acquisition import get_strategy_class
 from daal_ray.atomic_io import set_aside_torn
 from daal_ray.config import ExperimentConfig, resolve_config
 from daal_ray.cycle import experiment_loop, group_loop
@@ -96,6 +97,14 @@ def run_on_worker_group(loop: Any, loop_config: dict[str, Any], scale: Any, stor
         raise
 
 
+def _strategy_params(cfg: ExperimentConfig) -> tuple[dict[str, Any], frozenset[str]]:
+    """The experiment's strategy params with every default filled in, and those that only
+    size the run (checked on resumption by :func:`daal_ray.rundir.prepare_run_dir`)."""
+    params_cls = get_strategy_class(cfg.acquisition.strategy).Params
+    params = params_cls.from_dict(cfg.acquisition.params, where=f"AcquisitionConfig.params ({cfg.acquisition.strategy})")
+    return params.to_dict(), frozenset(getattr(params_cls, "RUN_LENGTH_PARAMS", frozenset()))
+
+
 def _open_experiment(cfg: ExperimentConfig, run_root: str | Path, stack: contextlib.ExitStack) -> dict[str, Any]:
     """Validate, lock and prepare one experiment's run directory and start its ALDriver.
 
@@ -108,7 +117,7 @@ def _open_experiment(cfg: ExperimentConfig, run_root: str | Path, stack: context
     run_dir.mkdir(parents=True, exist_ok=True)
     stack.enter_context(hold_run_dir(run_dir))
     check_reachable_everywhere(run_dir)
-    prepare_run_dir(run_dir, cfg)
+    prepare_run_dir(run_dir, cfg, *_strategy_params(cfg))
     handle = start_driver(run_dir, run_id_of(cfg), pool_ids)
     stack.callback(lambda: handle)  # keeps the handle referenced until the stack closes
     return {"config": cfg.to_dict(), "run_dir": str(run_dir), "driver_name": driver_name(run_dir)}

@@ -5,12 +5,16 @@
         .lease/NNN.json       the holder's lease: host, pid, expiry, renewed by a heartbeat
         .epochs/NNN           fencing epochs claimed by the ALDrivers (daal_ray.pool)
         config.json           the ExperimentConfig the run was started with (prepare_run_dir)
+        strategy_params.json  the strategy's params with every default filled in, as started
         pool_state.parquet    the ALDriver's PoolState, with .prev, the previous generation
         results.parquet       one row per cycle
         checkpoints/cycle_NNN/ the task model (and strategy nets) of each cycle
 
 A re-run with the same config resumes; one whose science differs (anything but the
-resources) is refused, so two experiments never share a pool state.
+resources) is refused, so two experiments never share a pool state. That includes a
+strategy default that changed between the start and the resumption (a newer daal-ray): the
+config names only the params given, so the params as started, defaults filled in, are
+saved beside it and compared too.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from daal_ray.config import ExperimentConfig
 from daal_ray.errors import ConfigError, RunLockedError, StorageError
 from daal_ray.pool import STATE_FILE
 
-__all__ = ["CONFIG_FILE", "DEFAULT_HEARTBEAT_S", "DEFAULT_LEASE_TTL_S", "LEASE_DIR", "LOCK_FILE", "STATE_FILE",
+__all__ = ["CONFIG_FILE", "STRATEGY_PARAMS_FILE", "DEFAULT_HEARTBEAT_S", "DEFAULT_LEASE_TTL_S", "LEASE_DIR", "LOCK_FILE", "STATE_FILE",
            "LeaseRecord", "RunLease", "hold_run_dir", "lease_settings", "prepare_run_dir", "read_lease", "run_id_of"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+STRATEGY_PARAMS_FILE = "strategy_params.json"
 LOCK_FILE = ".lock"
 LEASE_DIR = ".lease"
 LEASE_TTL_ENV = "DAAL_RAY_LEASE_TTL_S"
@@ -63,9 +68,18 @@ def run_id_of(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
-def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """Create ``run_dir`` and save the config, or check it matches the saved one."""
+def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, strategy_params: Optional[dict[str, Any]] = None,
+                    run_length: frozenset[str] = frozenset()) -> None:
+    """Create ``run_dir`` and save the config, or check it matches the saved one.
+
+    ``strategy_params`` (the strategy's params with its defaults filled in) are saved the
+    same way and checked on resumption, but for the ``run_length`` ones (when or how results
+    are written, not what they are): a resumed run whose strategy would now run with other
+    values, because a default changed, is refused with the params named.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if strategy_params is not None:
+        _check_strategy_params(run_dir, cfg, strategy_params, run_length)
     path = run_dir / CONFIG_FILE
     if path.exists():
         try:
@@ -78,6 +92,26 @@ def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{run_dir} holds experiment {saved.get('name')!r} with another config "
                               f"(differs in: {', '.join(diff)}); use another run directory or name")
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+
+
+def _check_strategy_params(run_dir: Path, cfg: ExperimentConfig, now: dict[str, Any],
+                           run_length: frozenset[str]) -> None:
+    path = run_dir / STRATEGY_PARAMS_FILE
+    now = json.loads(json.dumps(now, sort_keys=True, default=str))  # tuples as lists, as saved
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON; remove it or use another run directory") from exc
+        diff = sorted(k for k in set(saved) | set(now) if k not in run_length and saved.get(k) != now.get(k))
+        if diff:
+            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+            raise ConfigError(
+                f"{run_dir} was started with other {cfg.acquisition.strategy} params than it would resume with "
+                f"({changes}): a default changed since. Finish it with the daal-ray version that started it, or "
+                f"start it again in another run directory (with "
+                f"{', '.join(f'{k}={json.dumps(saved.get(k))}' for k in diff)} to run it as started)")
+    atomic_write_text(path, json.dumps(now, indent=2, sort_keys=True))
 
 
 

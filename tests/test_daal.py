@@ -343,6 +343,8 @@ def test_the_resume_point_is_written_on_the_interval_and_after_the_last_epoch(tm
 
 
 # ------------------------------------------------------------------ through Ray (known answer)
+# ScoreNet's score itself: the features alone, no margin fused in, no per-class ranks.
+SCORE_ALONE = dict(confidence_weight=0, margin_weight=0, class_balance=False)
 EPOCHS = 60  # what the known answer needs with the current defaults (seeds 0-3 all pick only dense-far
 # samples at 60 epochs on one rank). One Ray Train worker: the fit on two ranks (gradients averaged)
 # is test_experiment.py's two-rank test; two ranks on 2 cores made this one take 2 minutes.
@@ -363,7 +365,7 @@ def test_daal_ranks_dense_far_samples_above_near_duplicates_and_outliers(ray_ses
         writes the checkpoint."""
         table = known_answer_pool(config["seed"]).table()
         # The features alone (confidence_weight=0): this known answer is about representativeness.
-        strategy = DAALStrategy(DAALParams(epochs=config["epochs"], confidence_weight=0), seed=config["seed"], cycle=0)
+        strategy = DAALStrategy(DAALParams(epochs=config["epochs"], **SCORE_ALONE), seed=config["seed"], cycle=0)
         strategy.fit(FitContext(features=table, num_labeled=int(table["labeled"].sum()), cycle=0, run_dir=config["run_dir"]))
 
     trainer = TorchTrainer(
@@ -378,7 +380,7 @@ def test_daal_ranks_dense_far_samples_above_near_duplicates_and_outliers(ray_ses
 
     pool = known_answer_pool(SEED)
     table, groups = pool.table(), pool.groups
-    strategy = DAALStrategy(DAALParams(epochs=EPOCHS, confidence_weight=0), seed=SEED, cycle=0)
+    strategy = DAALStrategy(DAALParams(epochs=EPOCHS, **SCORE_ALONE), seed=SEED, cycle=0)
     strategy.feature_dim = table["features"].shape[1]
     strategy.score_state = {k[len("score."):]: v for k, v in state["nets"].items() if k.startswith("score.")}
     net = ScoreNet(strategy.feature_dim, dropout=strategy.params.dropout)
@@ -430,7 +432,7 @@ def test_daal_input_is_the_unit_feature_then_the_weighted_sorted_probabilities()
     np.testing.assert_allclose(daal_inputs(batch, DAALParams(profile_size=2)), [[0.6, 0.8, 0.7, 0.2], [0, 0, 0.5, 0.3]],
                                rtol=1e-6)  # the largest two probabilities only
     assert DAALStrategy(DAALParams(), seed=0, cycle=0).needs == {"features", "probs"}
-    assert DAALStrategy(DAALParams(confidence_weight=0), seed=0, cycle=0).needs == {"features"}
+    assert DAALStrategy(DAALParams(**SCORE_ALONE), seed=0, cycle=0).needs == {"features"}
     with pytest.raises(DataError, match="confidence_weight=0"):
         daal_inputs({"features": batch["features"]}, DAALParams())
     with pytest.raises(ConfigError, match="confidence_weight"):
@@ -442,10 +444,11 @@ def test_daal_input_is_the_unit_feature_then_the_weighted_sorted_probabilities()
 def test_the_confidence_profile_lets_daal_find_the_samples_the_model_is_unsure_of():
     """Known answer: the uncertain sixth of the unlabeled pool differs from the rest only in
     its probabilities. With the profile (the default) DAAL's top 100 is mostly those; on the
-    features alone it can only pick at chance (about 1 in 6)."""
+    features alone it can only pick at chance (about 1 in 6). ScoreNet's score alone: the
+    margin fused in would find them without the profile."""
     table, uncertain = _confidence_pool(seed=0)
     small = dict(epochs=40, batch_size=64, score_hidden=(32, 32, 16, 8), disc_hidden=(32, 32, 16, 8),
-                 vae_hidden=(32, 32, 32, 16, 16, 16), latent_dim=8)
+                 vae_hidden=(32, 32, 32, 16, 16, 16), latent_dim=8, margin_weight=0.0, class_balance=False)
     unlabeled = {k: v[~table["labeled"]] for k, v in table.items()}
     share = {}
     for weight in (DAALParams().confidence_weight, 0.0):
@@ -489,7 +492,7 @@ def test_the_margin_fused_score_ranks_samples_both_terms_rate_high_first():
     140). At weight 1 the top 40 is exactly the margin's; at 0 the score is ScoreNet's own."""
     table, group = _fusion_pool()
     unlabeled = {k: v[~table["labeled"]] for k, v in table.items()}
-    small = dict(confidence_weight=0.0, epochs=20, batch_size=64, score_hidden=(32, 32, 16, 8),
+    small = dict(confidence_weight=0.0, class_balance=False, epochs=20, batch_size=64, score_hidden=(32, 32, 16, 8),
                  disc_hidden=(32, 32, 16, 8), vae_hidden=(32, 32, 32, 16, 16, 16), latent_dim=4)
     fused = DAALStrategy(DAALParams(margin_weight=0.5, **small), seed=0, cycle=0)
     assert fused.needs == {"features", "probs"}

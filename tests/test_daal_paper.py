@@ -26,6 +26,7 @@ PAPER = {
     "w_recon": 1.0, "w_prior": 1.0, "w_gan": 1.0, "w_length": 1.0, "w_dpp": 1.0,  # every loss weight 1
     "w_feature_recon": 0.0, "dpp_per_item": False,  # Eq. 3 alone; Eq. 7 as a sum
     "use_udis": True, "use_rdis": True, "use_length_loss": True, "use_dpp_loss": True,
+    "margin_weight": 0.0, "class_balance": False,  # one-stage top-K of ScoreNet's score
 }
 SMALL = dict(epochs=3, batch_size=32, score_hidden=(16, 16, 8, 8), disc_hidden=(16, 16, 8, 8),
              vae_hidden=(16, 16, 16, 8, 8, 8), latent_dim=4)
@@ -46,7 +47,8 @@ def test_daal_paper_runs_every_setting_the_paper_states():
     d = DAALParams()
     differ = {f.name for f in dataclasses.fields(DAALParams) if getattr(p, f.name) != getattr(d, f.name)}
     assert differ == {"dropout", "vae_dropout", "confidence_weight", "normalize", "updates", "rater_adversarial",
-                      "weighted_gan", "gan_form", "udis_fake", "w_gan", "w_dpp", "w_feature_recon", "dpp_per_item"}
+                      "weighted_gan", "gan_form", "udis_fake", "w_gan", "w_dpp", "w_feature_recon", "dpp_per_item",
+                      "margin_weight", "class_balance"}
 
 
 def test_daal_paper_reads_the_raw_features_alone():
@@ -69,7 +71,7 @@ def test_daal_paper_scores_depend_on_the_feature_scale_and_daal_normalised_not()
     unlabeled = {k: v[~table["labeled"]] for k, v in table.items()}
     scaled = dict(unlabeled, features=unlabeled["features"] * 10)
     for cls, params, scale_free in ((DAALPaperStrategy, DAALPaperParams(**SMALL), False),
-                                    (DAALStrategy, DAALParams(confidence_weight=0, **SMALL), True)):
+                                    (DAALStrategy, DAALParams(confidence_weight=0, margin_weight=0, class_balance=False, **SMALL), True)):
         s = cls(params, seed=0, cycle=0)
         s.fit(FitContext(features=table, num_labeled=int(table["labeled"].sum()), cycle=0))
         a, b = s.score(unlabeled), s.score(scaled)

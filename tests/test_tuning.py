@@ -116,6 +116,34 @@ def test_names_stay_bounded_with_every_param_overridden(tmp_path):
         configs[0].replace(name="x" * (MAX_NAME_LEN + 1))
 
 
+def test_a_run_started_under_other_strategy_defaults_is_refused_on_resumption(tmp_path):
+    """config.json names only the params given; the params as started, defaults filled in,
+    are saved beside it, so a run resumed after a default changed (here daal's selection
+    score, which read ScoreNet alone before) is refused with the changes named, and a
+    resumption under the same defaults goes on."""
+    import json
+
+    from daal_ray.experiment import _strategy_params
+    from daal_ray.rundir import STRATEGY_PARAMS_FILE, prepare_run_dir
+
+    cfg = plan_experiments(dataset="digits", strategies=["daal"], seeds=[0])[0]
+    run_dir = tmp_path / cfg.name
+    prepare_run_dir(run_dir, cfg, *_strategy_params(cfg))
+    prepare_run_dir(run_dir, cfg, *_strategy_params(cfg))  # the same defaults: resumes
+    path = run_dir / STRATEGY_PARAMS_FILE
+    saved = json.loads(path.read_text())
+    assert saved["epochs"] == 30 and saved["margin_weight"] == 0.8 and saved["class_balance"] is True
+    # A run-length param's default changing is no reason to refuse.
+    path.write_text(json.dumps({**saved, "checkpoint_every_s": 5.0}))
+    prepare_run_dir(run_dir, cfg, *_strategy_params(cfg))
+    # What a run started before the change saved.
+    path.write_text(json.dumps({**saved, "margin_weight": 0.0, "class_balance": False}))
+    with pytest.raises(ConfigError, match=r"class_balance: False -> True, margin_weight: 0\.0 -> 0\.8.*"
+                                          r"class_balance=false, margin_weight=0\.0"):
+        prepare_run_dir(run_dir, cfg, *_strategy_params(cfg))
+    assert json.loads(path.read_text())["margin_weight"] == 0.0  # the refused run wrote nothing
+
+
 def test_experiments_are_dealt_into_lanes_round_robin(tiny_config):
     configs = [tiny_config(s, seed=seed) for s in ("random", "entropy", "daal") for seed in (0, 1)]
     lanes = worker_group_lanes(configs, 2)

@@ -256,8 +256,10 @@ class LLRDParams(LearningLossParams):
                                          "reads the task features alone")
 
     def rd_params(self) -> DAALParams:
-        """The DAALParams of the representativeness game (uDis off and the features alone unless given)."""
-        return DAALParams.from_dict({"use_udis": False, "confidence_weight": 0.0, **self.rd},
+        """The DAALParams of the representativeness game (uDis off, the features alone and
+        ScoreNet's score alone, unless given)."""
+        return DAALParams.from_dict({"use_udis": False, "confidence_weight": 0.0, "margin_weight": 0.0,
+                                     "class_balance": False, **self.rd},
                                     where="AcquisitionConfig.params.rd (ll_rd)")
 
 

@@ -10,7 +10,9 @@ labeled inputs from the unlabeled ones (or, as printed, from the uncertainty
 reconstructions) and rDis the unlabeled inputs from the representativeness "summary".
 Trained by Alg. 1 on every rank of the experiment's Ray Train worker group; the trained
 ScoreNet then scores the unlabeled pool through Ray Data and the top-K scores are
-selected in one stage.
+selected in one stage. By default that score is fused with the task model's margin and
+ranked within each predicted class (``margin_weight``, ``class_balance``); ``daal_paper``
+selects by ScoreNet's score alone.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class DAALStrategy(Strategy):
     """DAAL's one-stage uncertainty + representativeness score from its trained ScoreNet."""
 
     name = "daal"
-    description = "DAAL: ScoreNet trained against dual discriminators (uncertainty + representativeness), top-K"
+    description = ("DAAL: ScoreNet trained against dual discriminators (uncertainty + representativeness), its score "
+                   "fused with the margin (margin_weight) and ranked within each predicted class (class_balance), top-K")
     Params = DAALParams
     needs = frozenset({"features", "probs"})  # the probabilities for the confidence profile
     needs_hint = f", or {FEATURES_ALONE_HINT}"

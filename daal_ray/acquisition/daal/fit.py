@@ -138,12 +138,16 @@ class DAALParams(Config):
             each term the empirical CDF of its quantity over the fit's unlabeled sample (a
             rank in [0, 1], fixed after the fit, so scoring stays one pass per batch); 0 (the
             paper) selects by ScoreNet's score ``s`` alone, 1 by the margin alone. The margin
-            is ``p_(1) - p_(2)`` of the task model's softmax.
+            is ``p_(1) - p_(2)`` of the task model's softmax. 0.8 by default: ScoreNet's
+            score alone trailed entropy and margin on digits and on the natural-image check
+            (5 paired seeds each, BENCHMARKS.md); with 0.8 and ``class_balance`` it does not.
         class_balance: select by each sample's rank (the empirical CDF of its score, fused
             with the margin if ``margin_weight``) among the fit sample's unlabeled samples
             of the same predicted class, instead of by the score itself: the top-K then
             takes about the same top share of every predicted class, in proportion to the
             class's share of the unlabeled pool, instead of one dense region of one class.
+            On by default (ScoreNet's own batches were the least class-balanced of any
+            strategy's); ``daal_paper`` turns both off.
         max_fit_unlabeled: most unlabeled features the fit reads (0 = all): every labeled
             feature plus a uniform sample of this many unlabeled ones, the smallest
             ``hash_uniform(sample_id)`` values (deterministic per seed and cycle, streamed
@@ -188,8 +192,8 @@ class DAALParams(Config):
     w_feature_recon: float = 1.0
     confidence_weight: float = 1.0
     profile_size: int = 16
-    margin_weight: float = 0.0
-    class_balance: bool = False
+    margin_weight: float = 0.8
+    class_balance: bool = True
     max_fit_unlabeled: int = 100_000
     checkpoint_every_s: float = 30.0
 
@@ -234,7 +238,8 @@ class DAALPaperParams(DAALParams):
     * uDis tells the labeled features from the uncertainty branch's reconstructions
       (``udis_fake="reconstruction"``);
     * Eq. 3's feature matching alone (``w_feature_recon=0``), Eq. 7's DPP term summed over
-      the subset (``dpp_per_item=False``), ``w_gan`` and ``w_dpp`` 1.
+      the subset (``dpp_per_item=False``), ``w_gan`` and ``w_dpp`` 1;
+    * the top-K of ScoreNet's score alone (``margin_weight=0``, ``class_balance=False``).
 
     Where the paper is silent the project's choices stay (MLP widths, latent size, the DPP
     jitter, the sigmoid score, ``max_fit_unlabeled``, which reads every unlabeled feature
@@ -254,6 +259,8 @@ class DAALPaperParams(DAALParams):
     w_dpp: float = 1.0
     w_feature_recon: float = 0.0
     confidence_weight: float = 0.0
+    margin_weight: float = 0.0
+    class_balance: bool = False
 
 
 class DAALNets(nn.Module):
@@ -279,7 +286,7 @@ def normalize_features(x: torch.Tensor) -> torch.Tensor:
 
 
 # How to run DAAL on a pool without the model's probabilities (both errors that need it say so).
-FEATURES_ALONE_HINT = "give daal confidence_weight=0 to read the features alone"
+FEATURES_ALONE_HINT = "give daal confidence_weight=0, margin_weight=0 and class_balance=false to read the features alone"
 
 
 def input_columns(p: DAALParams) -> tuple[str, ...]:
