@@ -103,14 +103,16 @@ def _check_strategy_params(run_dir: Path, cfg: ExperimentConfig, now: dict[str, 
             saved = json.loads(path.read_text())
         except ValueError as exc:
             raise ConfigError(f"{path} is not valid JSON; remove it or use another run directory") from exc
-        diff = sorted(k for k in set(saved) | set(now) if k not in run_length and saved.get(k) != now.get(k))
+        # A param one of the two versions does not have is left out: one added since keeps
+        # the old behaviour at its default (or it would be a changed default of another).
+        diff = sorted(k for k in set(saved) & set(now) if k not in run_length and saved[k] != now[k])
         if diff:
-            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+            changes = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
             raise ConfigError(
                 f"{run_dir} was started with other {cfg.acquisition.strategy} params than it would resume with "
                 f"({changes}): a default changed since. Finish it with the daal-ray version that started it, or "
                 f"start it again in another run directory (with "
-                f"{', '.join(f'{k}={json.dumps(saved.get(k))}' for k in diff)} to run it as started)")
+                f"{', '.join(f'{k}={json.dumps(saved[k])}' for k in diff)} to run it as started)")
     atomic_write_text(path, json.dumps(now, indent=2, sort_keys=True))
 
 

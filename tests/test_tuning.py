@@ -133,8 +133,10 @@ def test_a_run_started_under_other_strategy_defaults_is_refused_on_resumption(tm
     path = run_dir / STRATEGY_PARAMS_FILE
     saved = json.loads(path.read_text())
     assert saved["epochs"] == 30 and saved["margin_weight"] == 0.8 and saved["class_balance"] is True
-    # A run-length param's default changing is no reason to refuse.
-    path.write_text(json.dumps({**saved, "checkpoint_every_s": 5.0}))
+    # A run-length param's default changing is no reason to refuse, nor a param the version
+    # that started the run did not have.
+    older = {k: v for k, v in saved.items() if k != "profile_size"}
+    path.write_text(json.dumps({**older, "checkpoint_every_s": 5.0}))
     prepare_run_dir(run_dir, cfg, *_strategy_params(cfg))
     # What a run started before the change saved.
     path.write_text(json.dumps({**saved, "margin_weight": 0.0, "class_balance": False}))
