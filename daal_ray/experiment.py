@@ -102,7 +102,7 @@ def _strategy_params(cfg: ExperimentConfig) -> tuple[dict[str, Any], frozenset[s
     size the run (checked on resumption by :func:`daal_ray.rundir.prepare_run_dir`)."""
     params_cls = get_strategy_class(cfg.acquisition.strategy).Params
     params = params_cls.from_dict(cfg.acquisition.params, where=f"AcquisitionConfig.params ({cfg.acquisition.strategy})")
-    return params.to_dict(), frozenset(getattr(params_cls, "RUN_LENGTH_PARAMS", frozenset()))
+    return params.to_dict(), params.RUN_LENGTH_PARAMS
 
 
 def _open_experiment(cfg: ExperimentConfig, run_root: str | Path, stack: contextlib.ExitStack) -> dict[str, Any]:
