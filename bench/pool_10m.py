@@ -27,6 +27,11 @@ candidates assigned on the Ray Data workers). ``--compare-workers`` runs the sel
 twice, Ray Data limited to 1 and then 2 CPUs, and says whether the two batches are the same
 ids (memory is the peak over both).
 
+As `daal-ray score` does, the bench sets this process and its Ray workers to hand freed
+memory back (:func:`daal_ray.runtime.return_freed_memory`, ``worker_memory_env``);
+``--keep-allocators`` leaves pyarrow's and glibc's allocators at their defaults, the
+setting before, for a side-by-side figure.
+
 The machine's load average is printed: the wall time depends on it.
 
     python bench/pool_10m.py                              # 10M x 128, K = 10,000, DAAL 2 epochs
@@ -50,7 +55,7 @@ import numpy as np
 
 from daal_ray.acquisition import build_strategy
 from daal_ray.config import AcquisitionConfig, ScaleConfig
-from daal_ray.runtime import quiet_ray_data, setup_logging
+from daal_ray.runtime import KEEP_ALLOCATORS_ENV, quiet_ray_data, return_freed_memory, setup_logging, worker_memory_env
 from daal_ray.scoring import select_from_features
 
 
@@ -228,6 +233,9 @@ def main() -> int:
     p.add_argument("--read-bin-mb", type=int, default=32,
                    help="RAY_DATA_PARQUET_BIN_PACKING_BYTES in MB: bytes one read task packs (Ray's default 128; "
                         "0 = leave it)")
+    p.add_argument("--keep-allocators", action="store_true",
+                   help="leave pyarrow's and glibc's allocators as they are (before `daal-ray score` set them to "
+                        "hand freed memory back; see daal_ray.runtime.RETURN_FREED_MEMORY_ENV)")
     p.add_argument("--tmp", default=None, help="where the shards go (default: the system's temp folder)")
     p.add_argument("--keep-pool", default=None, metavar="DIR",
                    help="write the shards to DIR (or reuse them if DIR exists) and keep them (default: a temporary "
@@ -260,8 +268,14 @@ def main() -> int:
             os.environ["RAY_DATA_ARROW_SCANNER_BATCH_READAHEAD"] = str(args.scanner_readahead)
         if args.read_bin_mb:
             os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 2**20)
+        if args.keep_allocators:
+            os.environ[KEEP_ALLOCATORS_ENV] = "1"
+        # As `daal-ray score` runs: this process and the Ray workers hand freed memory back.
+        return_freed_memory()
+        env_vars = worker_memory_env()
         ray.init(address="local", num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 2**20,
-                 include_dashboard=False, logging_level="WARNING")
+                 include_dashboard=False, logging_level="WARNING",
+                 **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}))
         quiet_ray_data()
         # The shards hold features (and probabilities for cluster_margin): DAAL's input is the
         # features alone (confidence_weight=0), selected by ScoreNet's score alone.

@@ -14,6 +14,7 @@ a plain process alike (rank 0 of 1), which is how the unit tests call the traini
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 import ray.train.collective
@@ -49,6 +51,68 @@ def default_num_cpus() -> int:
 
 DASHBOARD_ENV = "DAAL_RAY_DASHBOARD"
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by Ray when it starts a head node
+
+
+# Allocator settings under which a process hands freed memory back to the system. By
+# default a process that has streamed a pool keeps what it freed: pyarrow's jemalloc pool
+# purges only when it allocates again, and glibc's malloc raises its mmap threshold after
+# each large free, so later batch-sized arrays come from a heap it does not trim. Idle Ray
+# workers then hold ~0.5 GB each beyond their imports (BENCHMARKS.md: 10M rows).
+# Applied to pool-scale selection only (`daal-ray score`): arrays of 1 MB or more are
+# mapped and unmapped per use, which costs page faults a training step need not pay.
+RETURN_FREED_MEMORY_ENV = {
+    "ARROW_DEFAULT_MEMORY_POOL": "system",  # read by pyarrow when it first allocates
+    "MALLOC_ARENA_MAX": "2",  # read by glibc when the process starts
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 20),
+}
+KEEP_ALLOCATORS_ENV = "DAAL_RAY_KEEP_ALLOCATORS"  # "1": leave every allocator as it is
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
+
+
+def _keep_allocators() -> bool:
+    return os.environ.get(KEEP_ALLOCATORS_ENV, "0").strip().lower() in ("1", "true", "yes")
+
+
+def worker_memory_env() -> dict[str, str]:
+    """Environment variables that make Ray worker processes started with them return freed
+    memory (:data:`RETURN_FREED_MEMORY_ENV`; a value already set in this environment wins);
+    empty with ``DAAL_RAY_KEEP_ALLOCATORS=1``."""
+    if _keep_allocators():
+        return {}
+    return {name: os.environ.get(name, value) for name, value in RETURN_FREED_MEMORY_ENV.items()}
+
+
+def return_freed_memory() -> bool:
+    """Apply :data:`RETURN_FREED_MEMORY_ENV` to this running process: glibc's thresholds
+    and arena cap through ``mallopt``, pyarrow's default pool switched to the system
+    allocator. Memory already held stays held; what is freed from now on goes back.
+
+    Returns:
+        whether glibc's settings were applied (False with ``DAAL_RAY_KEEP_ALLOCATORS=1``
+        or on a C library without ``mallopt``).
+    """
+    if _keep_allocators():
+        return False
+    env = worker_memory_env()
+    if env["ARROW_DEFAULT_MEMORY_POOL"] == "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+
+    def setting(name: str) -> int:
+        try:
+            return int(env[name])
+        except ValueError:
+            raise ConfigError(f"{name}={env[name]!r} in the environment is not an integer") from None
+
+    return all([mallopt(_M_MMAP_THRESHOLD, setting("MALLOC_MMAP_THRESHOLD_")) == 1,
+                mallopt(_M_TRIM_THRESHOLD, setting("MALLOC_TRIM_THRESHOLD_")) == 1,
+                mallopt(_M_ARENA_MAX, setting("MALLOC_ARENA_MAX")) == 1])
 
 
 def _free_port() -> int:
@@ -90,7 +154,8 @@ def enable_token_auth(token_dir: Path) -> Path | None:
     return path
 
 
-def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, log_to_driver: bool = True) -> None:
+def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, log_to_driver: bool = True,
+             return_memory: bool = False) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a local instance.
 
     A local instance is this machine's alone: its node address is 127.0.0.1, so every
@@ -109,7 +174,13 @@ def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, l
     Args:
         log_to_driver: forward the workers' stdout and stderr to this process (off: they
             stay in Ray's log files; a job's run directory links to them).
+        return_memory: pool-scale selection: this process and the workers of a local
+            instance hand freed memory back (:func:`return_freed_memory`,
+            :func:`worker_memory_env`). A cluster's workers get it from the environment
+            their ``ray start`` ran in (README: scoring very large pools).
     """
+    if return_memory:
+        return_freed_memory()
     if ray.is_initialized():
         return
     if not log_to_driver:
@@ -129,15 +200,16 @@ def init_ray(num_cpus: Optional[int] = None, address: Optional[str] = None, *, l
     options: dict[str, Any] = dict(address="local", num_cpus=num_cpus or default_num_cpus(), include_dashboard=dashboard,
                                    dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                                    log_to_driver=log_to_driver)
+    env_vars = worker_memory_env() if return_memory else {}
     with _loopback_node():
         if not dashboard:  # no state API to look anything up with: nothing to point at
-            ray.init(**options)
+            ray.init(**options, **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}))
             return
         port = _free_port()
         previous = os.environ.get(GCS_PORT_ENV)
         os.environ[GCS_PORT_ENV] = str(port)
         try:
-            ray.init(**options, runtime_env={"env_vars": {"RAY_ADDRESS": f"{LOOPBACK}:{port}"}})
+            ray.init(**options, runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": f"{LOOPBACK}:{port}"}})
         finally:
             if previous is None:
                 os.environ.pop(GCS_PORT_ENV, None)

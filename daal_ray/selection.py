@@ -350,15 +350,24 @@ def euclidean_min_sq(x: torch.Tensor, rows: int = 1 << 13) -> Callable[[torch.Te
 
     ``|x_i - c|^2 = |x_i|^2 + min_c (|c|^2 - 2 x_i . c)``: per chunk, one matrix product
     and one add over the ``rows x centres`` block before its row minimum (the row's own
-    norm is added to the minimum); chunks small enough to stay in cache."""
+    norm is added to the minimum); chunks small enough to stay in cache. The block is
+    one buffer, written in place by every chunk of every call: a seeding makes thousands
+    of passes, and a fresh block each (4 MB at 8,192 x 128 centres) would be mapped,
+    faulted in and unmapped each time where large arrays are mapped per use
+    (:func:`daal_ray.runtime.return_freed_memory`)."""
     x_sq = _sq_norms(x)
+    buf = torch.empty(0, dtype=x.dtype, device=x.device)
 
     def min_sq(centres: torch.Tensor) -> torch.Tensor:
+        nonlocal buf
         c, c_sq = x[centres] * -2.0, x_sq[centres][None]
+        if buf.numel() < rows * c.shape[0]:
+            buf = torch.empty(rows * c.shape[0], dtype=x.dtype, device=x.device)
         out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
         for i in range(0, x.shape[0], rows):
-            block = torch.addmm(c_sq, x[i:i + rows], c.T)
-            out[i:i + rows] = torch.amin(block, dim=1)
+            r = min(rows, x.shape[0] - i)
+            block = torch.addmm(c_sq, x[i:i + r], c.T, out=buf[:r * c.shape[0]].view(r, c.shape[0]))
+            torch.amin(block, dim=1, out=out[i:i + r])
         return out.add_(x_sq).clamp_min_(0.0)
 
     return min_sq
@@ -438,15 +447,16 @@ def d2_seeding(n: int, k: int, min_sq: Callable[[torch.Tensor], torch.Tensor], *
 def nearest_centres(x: torch.Tensor, centres: torch.Tensor, rows: int = 1 << 13,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(index, squared distance)`` of each row of ``x``'s nearest row of ``centres``
-    (Euclidean; ties to the smaller index), in row chunks of one matrix product each."""
+    (Euclidean; ties to the smaller index), in row chunks of one matrix product each,
+    into one reused block buffer."""
     c_sq = _sq_norms(centres)[None]
     idx = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    buf = torch.empty(min(rows, x.shape[0]) * centres.shape[0], dtype=x.dtype, device=x.device)
     for i in range(0, x.shape[0], rows):
-        block = torch.addmm(c_sq, x[i:i + rows], centres.T, alpha=-2.0)
-        best = torch.min(block, dim=1)
-        idx[i:i + rows] = best.indices
-        dist[i:i + rows] = best.values
+        r = min(rows, x.shape[0] - i)
+        block = torch.addmm(c_sq, x[i:i + r], centres.T, alpha=-2.0, out=buf[:r * centres.shape[0]].view(r, -1))
+        torch.min(block, dim=1, out=(dist[i:i + r], idx[i:i + r]))
     return idx, dist.add_(_sq_norms(x)).clamp_min_(0.0)
 
 

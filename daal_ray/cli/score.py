@@ -87,7 +87,7 @@ def score_from_args(args: Any) -> int:
     scale = ScaleConfig.from_dict({"use_gpu": bool(args.use_gpu), **{k: v for k, v in given.items() if v is not None}})
     strategy = build_strategy(AcquisitionConfig(strategy=args.strategy, params=params), seed=args.seed, cycle=args.cycle)
     labeled = read_id_file(args.labeled_ids) if args.labeled_ids else None
-    init_ray(num_cpus=args.num_cpus)
+    init_ray(num_cpus=args.num_cpus, return_memory=True)
     fit_concurrency(scale.replace(num_workers=0), 1, what="daal-ray score")  # no Train workers, only Ray Data
     quiet_ray_data()
     device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
