@@ -57,7 +57,7 @@ GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by Ray when it starts a head node
 # default a process that has streamed a pool keeps what it freed: pyarrow's jemalloc pool
 # purges only when it allocates again, and glibc's malloc raises its mmap threshold after
 # each large free, so later batch-sized arrays come from a heap it does not trim. Idle Ray
-# workers then hold ~0.5 GB each beyond their imports (BENCHMARKS.md: 10M rows).
+# workers then hold ~0.6 GB each beyond their imports (BENCHMARKS.md: 10M rows).
 # Applied to pool-scale selection only (`daal-ray score`): arrays of 1 MB or more are
 # mapped and unmapped per use, which costs page faults a training step need not pay.
 RETURN_FREED_MEMORY_ENV = {

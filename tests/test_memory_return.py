@@ -24,7 +24,7 @@ from daal_ray.runtime import KEEP_ALLOCATORS_ENV, RETURN_FREED_MEMORY_ENV, worke
 # batches come from the heap, between the small allocations: the heap cannot shrink and
 # the process keeps them.
 _RETENTION = textwrap.dedent("""
-    import ctypes, json, sys
+    import ctypes, json
     import numpy as np
     from daal_ray.runtime import return_freed_memory
 
