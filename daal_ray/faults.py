@@ -1,4 +1,5 @@
-"""Crash injection: SIGKILL a whole job at a named point where it writes durable state.
+"""Crash injection: SIGKILL a whole job, or hold one of its processes, at a named point
+where it writes durable state.
 
 The fault tests kill a job at each point where it writes (every file daal-ray replaces
 goes through :func:`daal_ray.atomic_io.atomic_write`, which calls :func:`crash_point`
@@ -13,6 +14,10 @@ outcome with an uninterrupted run. Nothing here is active unless the environment
                                                     other one was (how a resumed job is killed one write
                                                     further on: it first redoes the write it was killed at)
     DAAL_RAY_CRASH_LOG=FILE                         where the points reached are counted (required)
+    DAAL_RAY_HOLD_AT=written:results.parquet:1      hold the process that reaches the 1st such point (counted
+                                                    in the same FILE) until FILE.release exists: it writes
+                                                    its pid to FILE.held, then waits (a test loses a node
+                                                    or the head with the job at a known point)
 
 A point is ``<kind>:<file name>``: ``write`` (the new content is complete in its temp
 file, not yet renamed) or ``written`` (renamed, directory synced); ``create`` and
@@ -49,11 +54,14 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-__all__ = ["ANY", "CRASH_ENV", "GROUP_ENV", "LOG_ENV", "RECORD", "CrashPlan", "crash_point", "parse_plan", "point_name",
-           "read_points"]
+__all__ = ["ANY", "CRASH_ENV", "GROUP_ENV", "HELD_SUFFIX", "HOLD_ENV", "LOG_ENV", "RECORD", "RELEASE_SUFFIX",
+           "CrashPlan", "crash_point", "parse_plan", "point_name", "read_points"]
 
 CRASH_ENV = "DAAL_RAY_CRASH_AT"
 LOG_ENV = "DAAL_RAY_CRASH_LOG"
+HOLD_ENV = "DAAL_RAY_HOLD_AT"
+HELD_SUFFIX = ".held"  # LOG + this: the held process's pid, once it holds
+RELEASE_SUFFIX = ".release"  # LOG + this: created by the test, it lets the held process go on
 # Set by the job's driver for the Ray processes it starts (they inherit its environment).
 GROUP_ENV = "DAAL_RAY_CRASH_GROUP"
 RECORD = "record"
@@ -81,22 +89,26 @@ class CrashPlan(NamedTuple):
         return reached == self.count
 
 
-def parse_plan(value: Optional[str], log: Optional[str]) -> Optional[CrashPlan]:
-    """The plan ``DAAL_RAY_CRASH_AT`` and ``DAAL_RAY_CRASH_LOG`` describe, or None if unset.
+def parse_plan(value: Optional[str], log: Optional[str], env: str = CRASH_ENV) -> Optional[CrashPlan]:
+    """The plan ``value`` (of the variable ``env``: ``DAAL_RAY_CRASH_AT`` or
+    ``DAAL_RAY_HOLD_AT``) and ``DAAL_RAY_CRASH_LOG`` describe, or None if unset.
 
     Raises:
-        ValueError: a value that is not ``record`` or ``<point>:<n>`` with n >= 1, or no log.
+        ValueError: a value that is not ``record`` (a crash plan only) or ``<point>:<n>``
+            with n >= 1, or no log.
     """
     if not value:
         return None
     if not log:
-        raise ValueError(f"{CRASH_ENV} needs {LOG_ENV}: the file where the job's processes count the points reached")
-    if value == RECORD:
+        raise ValueError(f"{env} needs {LOG_ENV}: the file where the job's processes count the points reached")
+    record = RECORD if env == CRASH_ENV else None
+    if value == record:
         return CrashPlan(None, 0, Path(log))
     target, sep, after = value.partition(" after ")
     point, _, n = target.strip().rpartition(":")
     if not point or not n.isdigit() or int(n) < 1 or (sep and not after.strip()):
-        raise ValueError(f"{CRASH_ENV} must be '{RECORD}' or '<point>:<n>[ after <point>]' with n >= 1 (e.g. "
+        either = f"'{record}' or " if record else ""
+        raise ValueError(f"{env} must be {either}'<point>:<n>[ after <point>]' with n >= 1 (e.g. "
                          f"'write:pool_state.parquet:3'), got {value!r}")
     return CrashPlan(point, int(n), Path(log), after.strip() or None)
 
@@ -117,6 +129,7 @@ def _own_group() -> int:
 
 _PLAN = parse_plan(os.environ.get(CRASH_ENV), os.environ.get(LOG_ENV))
 _GROUP = _own_group() if _PLAN is not None and _PLAN.point is not None else 0
+_HOLD = parse_plan(os.environ.get(HOLD_ENV), os.environ.get(LOG_ENV), HOLD_ENV)
 
 
 def point_name(kind: str, path: str | os.PathLike | None = None) -> str:
@@ -125,20 +138,37 @@ def point_name(kind: str, path: str | os.PathLike | None = None) -> str:
 
 
 def crash_point(kind: str, path: str | os.PathLike | None = None) -> None:
-    """Reach the point ``kind`` (``kind:<file name>`` when ``path`` is given): record it,
-    and SIGKILL the job's process group if the plan names this point and count."""
-    if _PLAN is None:
+    """Reach the point ``kind`` (``kind:<file name>`` when ``path`` is given): record it;
+    SIGKILL the job's process group if the crash plan names this point and count, hold here
+    if the hold plan does."""
+    if _PLAN is None and _HOLD is None:
         return
     point = point_name(kind, path)
-    with open(_PLAN.log, "a+") as fh:
+    log = (_PLAN or _HOLD).log
+    with open(log, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # one count over all of the job's processes
         fh.seek(0)
         before = [line.split("\t", 1)[0] for line in fh]
         fh.write(f"{point}\t{before.count(point) + 1}\t{os.getpid()}\t{time.time():.3f}\n")
         fh.flush()
-        if _PLAN.due(before, point):
+        if _PLAN is not None and _PLAN.due(before, point):
             os.killpg(_GROUP, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)  # a Ray worker leads a group of its own
+        hold = _HOLD is not None and _HOLD.due(before, point)
+    if hold:  # outside the lock: the job's other processes go on counting
+        _hold_until_released(log)
+
+
+def _hold_until_released(log: Path) -> None:
+    """Write this process's pid to ``LOG.held`` (whole, by a rename), then wait until
+    ``LOG.release`` exists."""
+    held = Path(f"{log}{HELD_SUFFIX}")
+    tmp = held.with_name(f".{held.name}.{os.getpid()}")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, held)
+    release = Path(f"{log}{RELEASE_SUFFIX}")
+    while not release.exists():
+        time.sleep(0.05)
 
 
 def read_points(log: str | os.PathLike) -> list[tuple[str, int]]:

@@ -70,6 +70,12 @@ def test_plans_name_a_point_and_a_count_and_refuse_anything_else(tmp_path):
             faults.parse_plan(bad, log)
     with pytest.raises(ValueError, match="needs DAAL_RAY_CRASH_LOG"):
         faults.parse_plan("write:x:1", None)
+    hold = faults.parse_plan("written:results.parquet:1", log, faults.HOLD_ENV)
+    assert (hold.point, hold.count) == ("written:results.parquet", 1)
+    with pytest.raises(ValueError, match="DAAL_RAY_HOLD_AT must be '<point>"):  # a hold has no record mode
+        faults.parse_plan("record", log, faults.HOLD_ENV)
+    with pytest.raises(ValueError, match="DAAL_RAY_HOLD_AT needs DAAL_RAY_CRASH_LOG"):
+        faults.parse_plan("write:x:1", None, faults.HOLD_ENV)
 
 
 def test_a_plan_is_due_at_its_count_of_its_point_only():
@@ -125,6 +131,43 @@ def test_the_planned_point_kills_the_whole_process_group_and_no_other(tmp_path):
                                        ("write:pool_state.parquet", 2)]
 
 
+_HOLDING = """
+from daal_ray import faults
+for n in (1, 2):
+    faults.crash_point("written", "run/results.parquet")
+    print("past", n, flush=True)
+"""
+
+
+@pytest.mark.faults
+def test_the_hold_point_holds_its_process_until_released_and_a_resumed_job_passes_it(tmp_path):
+    """Held at the 2nd ``written:results.parquet``, in a process that leads no group (a hold
+    kills nothing): past the 1st, its pid in LOG.held, no further until LOG.release exists.
+    The count goes on in the log, so a second run (a resumption) does not hold again."""
+    log = tmp_path / "points.log"
+    env = {**os.environ, faults.HOLD_ENV: "written:results.parquet:2", faults.LOG_ENV: str(log)}
+    env.pop(faults.CRASH_ENV, None)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDING], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "past 1\n"
+        held = Path(f"{log}{faults.HELD_SUFFIX}")
+        deadline = time.time() + 60
+        while not held.exists():
+            assert proc.poll() is None and time.time() < deadline, "the process did not hold"
+            time.sleep(0.05)
+        assert held.read_text() == str(proc.pid)
+        time.sleep(0.5)
+        assert proc.poll() is None, "held until released"
+        Path(f"{log}{faults.RELEASE_SUFFIX}").touch()
+        assert proc.communicate(timeout=60)[0] == "past 2\n" and proc.returncode == 0
+    finally:
+        proc.kill()
+    Path(f"{log}{faults.RELEASE_SUFFIX}").unlink()
+    again = subprocess.run([sys.executable, "-c", _HOLDING], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == "past 1\npast 2\n", again.stderr
+    assert [n for _, n in faults.read_points(log)] == [1, 2, 3, 4]
+
+
 def _proc_state(pid: str) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -145,7 +188,7 @@ def test_a_plan_in_a_process_that_leads_no_group_is_refused_and_record_mode_kill
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert faults.read_points(tmp_path / "points.log") == [("write:b.json", 1)]
-    assert faults._PLAN is None, "the suite runs without a plan"
+    assert faults._PLAN is None and faults._HOLD is None, "the suite runs without a plan"
     faults.crash_point("write", tmp_path / "c.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["points.log"]
 

@@ -4,8 +4,9 @@ The cluster is two real ``ray start --block`` processes on this machine, each in
 of its own: a head with no CPUs (its GCS, dashboard and job server, and the jobs' drivers,
 as on a real cluster) and one worker node of 4 CPUs. The digits smoke job (random
 strategy, three cycles) is submitted with ``ray job submit`` and a ``--run-dir``; once cycle 0 is
-recorded there, every process of the head node is SIGKILLed at once (the GCS, the raylet,
-the job server and the job's driver with them). Without GCS fault tolerance the cluster is
+recorded there (the job holds there, :data:`daal_ray.faults.HOLD_ENV`, so the loss comes
+mid-run however fast its cycles go), every process of the head node is SIGKILLed at once
+(the GCS, the raylet, the job server and the job's driver with them). Without GCS fault tolerance the cluster is
 gone with its head: the worker node is stopped too, both are started again, and the same
 command is submitted again. It resumes from the run directory: cycle 0 is not trained
 again, and the job ends with the pool state of an uninterrupted run, each cycle once.
@@ -37,10 +38,12 @@ from listening import descendants
 from test_cluster import RAY, LocalHead, _free_ports, _worker_port_ranges
 from test_crash_points import EXPERIMENT, check_pool, outcome, uninterrupted_random_outcome
 
+from daal_ray import faults
+
 REPO = Path(__file__).resolve().parents[1]
 WORKER_CPUS = 4
-# Three cycles (10%, 15%, 20% labeled): the head is lost once cycle 0 is recorded, well
-# before the job ends. One epoch, trained in the driver (no worker group to start on each
+# Three cycles (10%, 15%, 20% labeled): the head is lost once cycle 0 is recorded, with the
+# job held there. One epoch, trained in the driver (no worker group to start on each
 # submission): what is lost with the head is the driver and everything the GCS knew.
 JOB = ["python", str(REPO / "jobs" / "digits.py"), "--smoke-test", "--strategies", "random", "--final-fraction", "0.20",
        "--epochs", "1", "--num-workers", "0"]
@@ -67,9 +70,11 @@ class TwoNodes:
     session, on ports chosen free, with a temp dir of their own; optionally the head's GCS
     backed by the Redis at ``redis``."""
 
-    def __init__(self, root: Path, redis: str | None = None, reconnect_s: int | None = None) -> None:
+    def __init__(self, root: Path, redis: str | None = None, reconnect_s: int | None = None,
+                 job_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.redis = redis
+        self.job_env = job_env or {}  # the submitted job's environment (its runtime env's env_vars)
         # How long the worker node's raylet waits for a lost GCS before it exits (Ray: 60 s).
         self.worker_env = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(reconnect_s)} if reconnect_s else {}
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled",
@@ -165,9 +170,11 @@ class TwoNodes:
         "No available agent to submit job, please try again later", and the submission is
         tried again, as its message says, until ``ready_timeout``."""
         deadline = time.time() + ready_timeout
+        runtime_env = ["--runtime-env-json", json.dumps({"env_vars": self.job_env})] if self.job_env else []
         while True:
             proc = subprocess.Popen([RAY, "job", "submit", "--address", self.address, "--submission-id",
-                                     f"digits-{secrets.token_hex(4)}", "--", *JOB, "--run-dir", str(run_dir)],
+                                     f"digits-{secrets.token_hex(4)}", *runtime_env, "--", *JOB, "--run-dir",
+                                     str(run_dir)],
                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
                 out = proc.communicate(timeout=20)[0]
@@ -198,13 +205,22 @@ class _Ended:
         return self.returncode
 
 
-def _wait_for_cycle_0(run_dir: Path, job: subprocess.Popen, timeout: float = 400) -> None:
-    results = run_dir / EXPERIMENT / "results.parquet"
+def _hold_after_cycle_0(log: Path) -> dict[str, str]:
+    """The job's environment that holds it just after cycle 0's results row is durable
+    (:mod:`daal_ray.faults`), until the test has lost the head: mid-run at a known point,
+    however fast the job's cycles go (a digits cycle can take well under a second)."""
+    return {faults.HOLD_ENV: "written:results.parquet:1", faults.LOG_ENV: str(log)}
+
+
+def _wait_for_hold(log: Path, job: subprocess.Popen, timeout: float = 400) -> int:
+    """The pid of the job's process held after cycle 0 was recorded, once it holds."""
+    held = Path(f"{log}{faults.HELD_SUFFIX}")
     deadline = time.time() + timeout
-    while not results.exists():
+    while not held.exists():
         assert time.time() < deadline, "cycle 0 was not recorded"
         assert job.poll() is None, f"the job ended before cycle 0 was recorded:\n{job.communicate()[0][-3000:]}"
         time.sleep(0.1)
+    return int(held.read_text())
 
 
 @pytest.fixture
@@ -229,22 +245,23 @@ def _kill_left(submitted: list[subprocess.Popen]) -> None:
 @pytest.mark.faults
 def test_a_job_whose_head_node_is_lost_mid_cycle_resumes_when_submitted_again(cluster_root, tmp_path):
     run_dir = tmp_path / "runs"
-    nodes = TwoNodes(cluster_root)
+    log = tmp_path / "points.log"
+    nodes = TwoNodes(cluster_root, job_env=_hold_after_cycle_0(log))
     submitted: list[subprocess.Popen] = []
     try:
         nodes.start_head()
         nodes.start_worker()
         job = nodes.submit(run_dir)
         submitted.append(job)
-        _wait_for_cycle_0(run_dir, job)
+        held = _wait_for_hold(log, job)
         killed = nodes.kill_head()
         out = job.communicate(timeout=120)[0]
         assert job.returncode != 0, out[-3000:]
-        assert len(killed) > 3, "the head's GCS, raylet, job server and the job's driver"
+        assert len(killed) > 3 and held in killed, "the head's GCS, raylet, job server and the job's driver"
         from daal_ray.results import read_results
 
         before = read_results(run_dir / EXPERIMENT).to_pylist()
-        assert [r["cycle"] for r in before][:1] == [0] and len(before) < 3, "killed mid-run: the last cycle not recorded"
+        assert [r["cycle"] for r in before] == [0], "killed mid-run, just after cycle 0 was recorded"
         checkpoint = run_dir / EXPERIMENT / "checkpoints" / "cycle_000" / "model.pt"
         trained = checkpoint.stat().st_mtime_ns
         # No GCS fault tolerance: the cluster went with its head. Stop the worker node too
@@ -305,8 +322,10 @@ def test_with_gcs_fault_tolerance_the_worker_node_outlives_the_head_and_the_job_
     died with the head, and the actors it owned with it (the ALDriver): it is submitted
     again and resumes from its run directory with nothing lost, as without fault tolerance."""
     run_dir = tmp_path / "runs"
+    log = tmp_path / "points.log"
     redis = RedisServer(cluster_root)
-    nodes = TwoNodes(cluster_root, redis=redis.address, reconnect_s=600)
+    # The job resubmitted with the same hold passes it: the log counts on from the first run.
+    nodes = TwoNodes(cluster_root, redis=redis.address, reconnect_s=600, job_env=_hold_after_cycle_0(log))
     submitted: list[subprocess.Popen] = []
     try:
         nodes.start_head()
@@ -316,8 +335,8 @@ def test_with_gcs_fault_tolerance_the_worker_node_outlives_the_head_and_the_job_
         raylets = {p for p in _session(nodes.worker.pid) if b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes()}
         job = nodes.submit(run_dir)
         submitted.append(job)
-        _wait_for_cycle_0(run_dir, job)
-        nodes.kill_head()
+        held = _wait_for_hold(log, job)
+        assert held in nodes.kill_head(), "the job's driver went with the head"
         out = job.communicate(timeout=120)[0]
         assert job.returncode != 0, out[-3000:]
         nodes.restart_head()
