@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 __all__ = ["ANY", "CRASH_ENV", "GROUP_ENV", "HELD_SUFFIX", "HOLD_ENV", "LOG_ENV", "RECORD", "RELEASE_SUFFIX",
-           "CrashPlan", "crash_point", "parse_plan", "point_name", "read_points"]
+           "CrashPlan", "arm_hold", "crash_point", "parse_plan", "point_name", "read_points"]
 
 CRASH_ENV = "DAAL_RAY_CRASH_AT"
 LOG_ENV = "DAAL_RAY_CRASH_LOG"
@@ -130,6 +130,14 @@ def _own_group() -> int:
 _PLAN = parse_plan(os.environ.get(CRASH_ENV), os.environ.get(LOG_ENV))
 _GROUP = _own_group() if _PLAN is not None and _PLAN.point is not None else 0
 _HOLD = parse_plan(os.environ.get(HOLD_ENV), os.environ.get(LOG_ENV), HOLD_ENV)
+
+
+def arm_hold(value: str, log: str | os.PathLike) -> None:
+    """Hold this process at ``value`` (a ``DAAL_RAY_HOLD_AT`` plan, counted in ``log``) as
+    if the variables were set when it started: for a test that holds one job among several
+    on one Ray cluster (from its Ray Train loop), where the environment would reach them all."""
+    global _HOLD
+    _HOLD = parse_plan(value, str(log), HOLD_ENV)
 
 
 def point_name(kind: str, path: str | os.PathLike | None = None) -> str:

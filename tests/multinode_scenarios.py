@@ -29,6 +29,8 @@ from ray.cluster_utils import Cluster
 
 from daal_ray import cycle as cycle_mod
 from daal_ray import driver as driver_mod
+from daal_ray import experiment as experiment_mod
+from daal_ray import faults
 from daal_ray.acquisition import build_strategy
 from daal_ray.config import AcquisitionConfig, DataConfig, ScaleConfig
 from daal_ray.data import get_dataset
@@ -168,27 +170,37 @@ def _recorded_cycles(run_dir: Path) -> list[int]:
 
 def train_worker_node(nodes: Nodes, out: Path) -> dict:
     """The node hosting one of two Ray Train workers (spread over the two worker nodes)
-    removed while cycle 1 trains: the group restarts on what is left, from the last
-    checkpoint. The strategy is random, whose labeled set does not depend on the model, so
-    the uninterrupted run it is compared with (shared with the ALDriver scenario) trains in
-    this process."""
+    removed in cycle 1, its model trained and its checkpoint not yet written (rank 0 held
+    there, :func:`daal_ray.faults.arm_hold`, however fast the cycle goes): the group
+    restarts on what is left, from the last checkpoint. The strategy is random, whose
+    labeled set does not depend on the model, so the uninterrupted run it is compared with
+    (shared with the ALDriver scenario) trains in this process."""
     cfg = _config("random", seed=7, num_workers=2, placement_strategy="SPREAD", inference_compute="tasks")
     _clean_run(cfg.replace(scale=cfg.scale.replace(num_workers=0)), out)
-    cfg = cfg.replace(train=cfg.train.replace(epochs=12))  # cycle 1 trains for seconds, not one
     run_dir = (out / "faulty" / cfg.name).resolve()
+    log = out / "points.log"
     seen: dict = {}
+    real_loop = experiment_mod.experiment_loop
+
+    def holding_loop(config: dict) -> None:  # in each Train worker (pickled by value: this is __main__)
+        faults.arm_hold("write:model.pt:2", log)  # cycle 1's checkpoint; a restarted group passes it
+        real_loop(config)
 
     def remove_when_cycle_1_trains() -> None:
-        # cycle 0 recorded: the group goes on to train cycle 1
-        _wait_for(lambda: _recorded_cycles(run_dir) == [0], "cycle 0 recorded")
+        _wait_for(lambda: Path(f"{log}{faults.HELD_SUFFIX}").exists(), "cycle 1 trained")
         seen["checkpoint_0_mtime"] = (run_dir / "checkpoints" / "cycle_000").stat().st_mtime
         victim = nodes.worker_ids[-1]
         nodes.remove(victim)
         seen["removed"] = victim
+        Path(f"{log}{faults.RELEASE_SUFFIX}").touch()  # rank 0, if it was not on that node
 
     killer = threading.Thread(target=remove_when_cycle_1_trains, daemon=True)
     killer.start()
-    run_experiment(cfg, out / "faulty")
+    experiment_mod.experiment_loop = holding_loop
+    try:
+        run_experiment(cfg, out / "faulty")
+    finally:
+        experiment_mod.experiment_loop = real_loop
     killer.join(5)
     checkpoint_0_after = (run_dir / "checkpoints" / "cycle_000").stat().st_mtime
     nodes.replace()

@@ -132,7 +132,10 @@ def test_the_planned_point_kills_the_whole_process_group_and_no_other(tmp_path):
 
 
 _HOLDING = """
+import os, sys
 from daal_ray import faults
+if sys.argv[1:] == ["armed"]:  # as a test's wrapper arms it in one job's processes
+    faults.arm_hold("written:results.parquet:2", os.environ["DAAL_RAY_CRASH_LOG"])
 for n in (1, 2):
     faults.crash_point("written", "run/results.parquet")
     print("past", n, flush=True)
@@ -140,14 +143,18 @@ for n in (1, 2):
 
 
 @pytest.mark.faults
-def test_the_hold_point_holds_its_process_until_released_and_a_resumed_job_passes_it(tmp_path):
-    """Held at the 2nd ``written:results.parquet``, in a process that leads no group (a hold
-    kills nothing): past the 1st, its pid in LOG.held, no further until LOG.release exists.
-    The count goes on in the log, so a second run (a resumption) does not hold again."""
+@pytest.mark.parametrize("how", ["env", "armed"])
+def test_the_hold_point_holds_its_process_until_released_and_a_resumed_job_passes_it(tmp_path, how):
+    """Held at the 2nd ``written:results.parquet`` (set in the environment, or armed by
+    ``arm_hold``), in a process that leads no group (a hold kills nothing): past the 1st,
+    its pid in LOG.held, no further until LOG.release exists. The count goes on in the log,
+    so a second run (a resumption) does not hold again."""
     log = tmp_path / "points.log"
-    env = {**os.environ, faults.HOLD_ENV: "written:results.parquet:2", faults.LOG_ENV: str(log)}
+    env = {**os.environ, faults.LOG_ENV: str(log)}
     env.pop(faults.CRASH_ENV, None)
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDING], env=env, stdout=subprocess.PIPE, text=True)
+    if how == "env":
+        env[faults.HOLD_ENV] = "written:results.parquet:2"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDING, how], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "past 1\n"
         held = Path(f"{log}{faults.HELD_SUFFIX}")
@@ -163,7 +170,7 @@ def test_the_hold_point_holds_its_process_until_released_and_a_resumed_job_passe
     finally:
         proc.kill()
     Path(f"{log}{faults.RELEASE_SUFFIX}").unlink()
-    again = subprocess.run([sys.executable, "-c", _HOLDING], env=env, capture_output=True, text=True, timeout=60)
+    again = subprocess.run([sys.executable, "-c", _HOLDING, how], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout == "past 1\npast 2\n", again.stderr
     assert [n for _, n in faults.read_points(log)] == [1, 2, 3, 4]
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from daal_ray import faults
 from daal_ray.cycle import initial_pool
 from daal_ray.data import open_dataset
 from daal_ray.errors import ConfigError
@@ -250,17 +251,19 @@ def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
     names = {c.name: c for c in configs}
     assert len(names) == 2
 
-    # 1. Run the sweep in its own process group; SIGKILL the group once one trial is complete.
+    # 1. Run the sweep in its own process group; SIGKILL the group once one trial is complete
+    # and the other has recorded its cycle 0: the 3rd results row, where the second trial is
+    # held (daal_ray.faults) however fast the trials go.
+    points = tmp_path / "points.log"
+    hold = {faults.HOLD_ENV: "written:results.parquet:3", faults.LOG_ENV: str(points)}
     with open(tmp_path / "first.log", "wb") as log:
-        proc = subprocess.Popen(_sweep_command(run_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(),
+        proc = subprocess.Popen(_sweep_command(run_dir), stdout=log, stderr=subprocess.STDOUT, env={**_env(), **hold},
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 540
-            done: list[str] = []
-            while not done:
+            while not Path(f"{points}{faults.HELD_SUFFIX}").exists():
                 assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no trial finished in time"
-                done = [n for n, c in names.items() if experiment_complete(c, run_dir)]
                 time.sleep(0.2)
         finally:
             # The whole sweep dies at once: its process group and every process it started
@@ -272,10 +275,10 @@ def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
                     os.kill(pid, signal.SIGKILL)
             proc.wait()
             _wait_gone(tree)
-    # What the kill left (another trial may have completed between the last look and the kill).
+    # What the kill left: one trial finished, the other at cycle 0.
     finished = {n: (run_dir / n / RESULTS_FILE).read_bytes()
                 for n, c in names.items() if experiment_complete(c, run_dir)}
-    assert 1 <= len(finished) < len(names), "every trial finished before the kill; nothing left to resume"
+    assert len(finished) == 1, "one trial finished before the kill, the other left to resume"
 
     # 2. Re-run the same sweep: finished trials are skipped, the rest resume, every row once.
     second = subprocess.run(_sweep_command(run_dir), capture_output=True, text=True, env=_env(), timeout=540)
