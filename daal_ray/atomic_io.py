@@ -33,7 +33,7 @@ from daal_ray import faults
 from daal_ray.errors import StorageError
 
 __all__ = ["atomic_create", "atomic_write", "atomic_write_bytes", "atomic_write_table", "atomic_write_text",
-           "fsync_dir", "storage_errors"]
+           "file_generation", "fsync_dir", "storage_errors"]
 
 # What a full, read-only or forbidding file system says; each is fixed outside the program.
 _STORAGE_ERRNOS = {errno.ENOSPC: "the file system is full", errno.EDQUOT: "the disk quota is used up",
@@ -205,6 +205,19 @@ def atomic_write_table(table: pa.Table, path: str | Path, keep_previous: bool = 
     with atomic_write(path, keep_previous, before_replace) as fh:
         pq.write_table(table, fh)
     return Path(path)
+
+
+def file_generation(path: str | Path) -> Optional[tuple[int, int, int]]:
+    """What tells one generation of a file :func:`atomic_write` replaces from the next (for
+    a watcher that rereads it only when it changed): its inode (each write renames a new
+    file into place), modification time and size; None while it does not exist. The time
+    alone can repeat over two writes on a file system with coarse timestamps (1 or 2 s on
+    some network and older local ones), and a freed inode number can be reused at once."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def read_table_once(path: str | Path) -> pa.Table:

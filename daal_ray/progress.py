@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 from tqdm import tqdm
 
+from daal_ray.atomic_io import file_generation
 from daal_ray.config import ExperimentConfig
 from daal_ray.data import open_dataset
 from daal_ray.results import RESULTS_FILE, read_results
@@ -48,7 +49,7 @@ class _Watched:
     path: Path
     rounds: int
     seen: set
-    mtime: Optional[int] = None
+    generation: Optional[tuple[int, int, int]] = None
 
 
 class CycleProgress:
@@ -78,7 +79,7 @@ class CycleProgress:
         self.done_before = 0
         for w in self.watched:  # a resumed job: what is recorded is done, and not printed again
             w.seen = set(read_results(w.path)["cycle"].to_pylist()) if w.path.exists() else set()
-            w.mtime = _mtime(w.path)
+            w.generation = file_generation(w.path)
             self.done_before += len(w.seen)
         self.bar = tqdm(total=self.total, initial=self.done_before, desc="cycles", unit="cycle", file=self.stream,
                         dynamic_ncols=True, disable=not bar, leave=False,
@@ -97,14 +98,14 @@ class CycleProgress:
         lines = []
         with self._lock:
             for w in self.watched:
-                mtime = _mtime(w.path)
-                if mtime is None or mtime == w.mtime:
+                generation = file_generation(w.path)
+                if generation is None or generation == w.generation:
                     continue
-                w.mtime = mtime
+                w.generation = generation
                 try:
                     rows = read_results(w.path).to_pylist()
                 except (OSError, ValueError):  # replaced while being read: the next look reads it again
-                    w.mtime = None
+                    w.generation = None
                     continue
                 for row in sorted(rows, key=lambda r: r["cycle"]):
                     if row["cycle"] in w.seen:
@@ -134,10 +135,3 @@ class CycleProgress:
             self._thread.join()
         self.poll()
         self.bar.close()
-
-
-def _mtime(path: Path) -> Optional[int]:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None

@@ -43,6 +43,7 @@ import torch
 
 from daal_ray.acquisition import FitContext, Strategy, build_strategy
 from daal_ray.acquisition.bald import EXPECTED_ENTROPY
+from daal_ray.atomic_io import file_generation
 from daal_ray.config import AcquisitionConfig
 from daal_ray.data import get_dataset
 from daal_ray.errors import ConfigError, reraise_unwrapped
@@ -258,7 +259,7 @@ def _predict_in_task(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, n
     Ray reuses task worker processes, so after the first cycle torch is already imported
     and only the checkpoint is loaded; an actor pool pays a fresh process per execution.
     """
-    key = f"{sorted(kwargs.items())}:{os.stat(kwargs['checkpoint']).st_mtime_ns}"
+    key = f"{sorted(kwargs.items())}:{file_generation(kwargs['checkpoint'])}"  # a retrained cycle's model is new
     predictor = _TASK_PREDICTORS.get(key)
     if predictor is None:
         _TASK_PREDICTORS.clear()  # one cycle's model per process at a time

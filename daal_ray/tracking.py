@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from daal_ray.atomic_io import atomic_write_text
+from daal_ray.atomic_io import atomic_write_text, file_generation
 from daal_ray.config import ExperimentConfig, resolve_config
 from daal_ray.errors import ConfigError, DaalRayError
 from daal_ray.report import aulc
@@ -350,7 +350,7 @@ class ResultsTracker:
         self.live = live
         self.poll_s = poll_s
         self.runs: dict[str, ExperimentRun] = {}
-        self._mtimes: dict[str, Optional[int]] = {}
+        self._generations: dict[str, tuple[int, int, int]] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -364,11 +364,8 @@ class ResultsTracker:
         count = 0
         for cfg in self.configs:
             path = self.run_root / cfg.name / RESULTS_FILE
-            try:
-                mtime = path.stat().st_mtime_ns
-            except FileNotFoundError:
-                continue
-            if mtime == self._mtimes.get(cfg.name):
+            generation = file_generation(path)
+            if generation is None or generation == self._generations.get(cfg.name):
                 continue
             try:
                 rows = read_results(path).to_pylist()
@@ -378,7 +375,7 @@ class ResultsTracker:
                 continue
             logged = _warn_on_error(f"log {cfg.name}", lambda: self._run_of(cfg).log_cycles(rows))
             if logged is not None:
-                self._mtimes[cfg.name] = mtime
+                self._generations[cfg.name] = generation
                 count += len(logged)
         return count
 

@@ -59,6 +59,19 @@ def test_progress_prints_each_new_cycle_once_and_counts_resumed_ones_as_done(tin
     assert out.getvalue().splitlines() == lines, "not a terminal: the lines only, no bar redraws"
 
 
+def test_a_cycle_written_within_the_file_systems_time_resolution_is_still_seen(tiny_config, tmp_path):
+    """Two writes of the results file with the same modification time (a file system with
+    coarse timestamps, or two writes in one tick): the second is still a new generation."""
+    cfg = tiny_config("random")
+    path = tmp_path / cfg.name / "results.parquet"
+    upsert_rows(path, [_row(cfg, 0)])
+    progress = CycleProgress([cfg], tmp_path, stream=io.StringIO(), poll_s=3600)
+    first = os.stat(path)
+    upsert_rows(path, [_row(cfg, 0), _row(cfg, 1)])
+    os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))
+    assert [line.split()[2] for line in progress.poll()] == ["1/2"]
+
+
 def test_progress_thread_sees_cycles_written_while_it_runs(tiny_config, tmp_path):
     cfg = tiny_config("random")
     out = io.StringIO()

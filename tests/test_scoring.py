@@ -164,6 +164,34 @@ def test_bad_shards_stop_the_ray_pipeline_with_the_error_naming_the_shard(ray_se
 
 
 # ---------------------------------------------------------------------- merging
+def test_a_task_worker_reloads_a_checkpoint_replaced_within_the_file_systems_time_resolution(tmp_path):
+    """A task worker keeps one cycle's predictor; a model retrained to the same path (a
+    redone cycle) within one timestamp tick, of the same size, is still loaded anew."""
+    import os
+
+    import torch
+
+    from daal_ray.atomic_io import atomic_write
+    from daal_ray.scoring import _predict_in_task
+
+    checkpoint = tmp_path / "model.pt"
+    kwargs = {"data": DataConfig().to_dict(), "model_name": "small_cnn", "num_classes": 10, "in_channels": 1,
+              "checkpoint": str(checkpoint)}
+    batch = {"sample_id": get_dataset(DataConfig()).sample_ids("train")[:16], "labeled": np.zeros(16, bool)}
+    for seed in (0, 1):  # the model of the first run of the cycle, then the retrained one
+        torch.manual_seed(seed)
+        with atomic_write(checkpoint) as fh:
+            torch.save(build_model("small_cnn", num_classes=10, in_channels=1).state_dict(), fh)
+        if seed == 0:
+            stamp = os.stat(checkpoint)
+            before = _predict_in_task(dict(batch), **kwargs)["probs"]
+    os.utime(checkpoint, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert os.stat(checkpoint).st_size == stamp.st_size
+    after = _predict_in_task(dict(batch), **kwargs)["probs"]
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, PoolPredictor(**kwargs)(dict(batch))["probs"], rtol=1e-6)
+
+
 def test_a_sample_id_in_two_batches_is_caught_where_it_reaches_the_merged_top_k():
     class Reduced:  # stands in for the Ray Dataset of per-batch top-Ks
         def __init__(self, batches):

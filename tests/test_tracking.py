@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 
@@ -161,6 +162,23 @@ def test_an_experiment_is_one_run_and_a_resume_logs_only_new_cycles(tmp_path):
     assert _history(other, _runs(other)[first.name], "accuracy") == [(0, 0.5), (1, 0.7)]
     record = json.loads((root / first.name / RECORD_FILE).read_text())["runs"]
     assert [r["tracking_uri"] for r in record] == [target.tracking_uri, other.tracking_uri]
+
+
+def test_a_cycle_written_within_the_file_systems_time_resolution_is_logged(tmp_path):
+    """The second write of the results file keeps the first's modification time (coarse
+    timestamps): it is still read, and its cycle logged."""
+    (cfg,) = plan_experiments(dataset="digits", strategies=["random"], protocol=PROTOCOL)
+    root = tmp_path / "runs"
+    results = root / cfg.name / RESULTS_FILE
+    target = open_target(str(tmp_path / "mlruns"), "digits")
+    upsert_rows(results, [_row(cfg, 0, 0.5)])
+    tracker = ResultsTracker(target, [cfg], root, live=False)
+    assert tracker.poll() == 1
+    first = os.stat(results)
+    upsert_rows(results, [_row(cfg, 0, 0.5), _row(cfg, 1, 0.7, num_selected=0)])
+    os.utime(results, ns=(first.st_atime_ns, first.st_mtime_ns))
+    assert tracker.poll() == 1
+    assert _history(target, _runs(target)[cfg.name], "accuracy") == [(0, 0.5), (1, 0.7)]
 
 
 def test_the_live_tracker_logs_cycles_while_the_job_runs(tmp_path):
