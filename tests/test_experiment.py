@@ -216,7 +216,7 @@ def test_entropy_and_daal_on_a_real_two_rank_worker_group(ray_session, tiny_conf
     assert state.history[1].num_added == daal.schedule(len(state))[1]
     row = daal_table.to_pylist()[0]
     assert row["acq_fit_s"] > 0 and row["num_selected"] == state.history[1].num_added
-    assert row["startup_s"] < 1.0  # the group was already up
+    assert row["startup_s"] < rows[0]["startup_s"] / 4, (row["startup_s"], rows[0]["startup_s"])  # already up
     ckpt = torch.load(tmp_path / daal.name / "checkpoints" / "cycle_000" / "daal.pt", weights_only=True)
     assert ckpt["epoch"] == 2
     # the Ray Train run recorded a checkpoint per cycle of both experiments
@@ -234,9 +234,12 @@ def test_lanes_of_experiments_share_one_worker_group_each(ray_session, tiny_conf
     rows = table.to_pylist()
     assert sorted({r["experiment"] for r in rows}) == sorted(c.name for c in configs)
     startup = {r["experiment"]: r["startup_s"] for r in rows if r["cycle"] == 0}
-    for cfg in configs:  # lanes: random-0 (pays the start-up) then entropy-0; random-1 (pays it)
-        paid = cfg.acquisition.strategy == "random"
-        assert (startup[cfg.name] > 1.0) == paid, startup
+    # lanes: random-0 (pays the start-up) then entropy-0; random-1 (pays it). Compared with
+    # each other, not with a fixed time: a group starts in seconds here, faster elsewhere.
+    paid = [startup[c.name] for c in configs if c.acquisition.strategy == "random"]
+    reused = [startup[c.name] for c in configs if c.acquisition.strategy != "random"]
+    assert max(reused) < min(paid) / 4, startup
+    for cfg in configs:
         assert _state(tmp_path, cfg).next_cycle == 2
     a, b = (_state(tmp_path, c) for c in configs if c.seed == 0)
     assert np.array_equal(a.ids_of_cycle(0), b.ids_of_cycle(0))
