@@ -129,13 +129,15 @@ def test_a_holder_on_this_host_that_died_is_resumed_at_once(tmp_path):
 
 
 def test_a_renewed_lease_outlives_its_ttl_and_keeps_refusing(tmp_path):
-    with hold_run_dir(tmp_path, ttl_s=1.5, heartbeat_s=0.1) as lease:
+    # A TTL of 30 heartbeats: a renewal (a write with fsync) stalled by a busy disk for a
+    # second or two still lands in time.
+    with hold_run_dir(tmp_path, ttl_s=3.0, heartbeat_s=0.1) as lease:
         first = read_lease(tmp_path).expires_at
         while time.time() < first + 0.5:  # past the first expiry: only renewals keep it
             time.sleep(0.1)
         assert read_lease(tmp_path).expires_at > first, "the heartbeat renewed it"
         with pytest.raises(RunLockedError, match="lease renewed until"):
-            with hold_run_dir(tmp_path, ttl_s=1.5, heartbeat_s=0.1):
+            with hold_run_dir(tmp_path, ttl_s=3.0, heartbeat_s=0.1):
                 pass
         assert not lease.lost
 
