@@ -19,6 +19,8 @@ there is skipped, so variants can be added later and compared with the earlier o
     python bench/natural_al.py --data-root data/cifar10-5k --set 'daal-b:daal:confidence_weight=3' --seeds 5 \\
         --out bench/results/natural_a.jsonl
     python bench/natural_al.py --summary --out bench/results/natural_a.jsonl --reference random,entropy,margin
+    python bench/natural_al.py --summary --out bench/results/natural_a.jsonl --pool bench/results/natural_b.jsonl \
+        --reference random,entropy,margin     # paired over the seeds of both files (two disjoint splits)
     python bench/natural_al.py --data-root data/cifar10-5k --variants random,margin,daal --probe 0,4 --seeds 5 \
         --out bench/results/natural_probe.jsonl        # one selection step from random's labeled set
 
@@ -348,6 +350,35 @@ def summary(rows: list[dict[str, Any]], references: list[str], data_root: Option
     return "\n".join(lines)
 
 
+def pooled_summary(rows: list[dict[str, Any]], references: list[str], aliases: dict[str, str],
+                   recipe: Optional[str] = None) -> str:
+    """Paired differences pooled over every (data root, seed) two variants both have, over
+    all the files read (two disjoint splits of one dataset, say): mean +- std, wins, and the
+    two-sided paired t-test and Wilcoxon p. ``aliases`` renames variants (``OLD: NEW``) that
+    are the same strategy and params under another name in an earlier file."""
+    rows = [r for r in rows if "aulc" in r and (recipe is None or recipe_key(r["recipe"]) == recipe)]
+    recipes = {recipe_key(r["recipe"]) for r in rows}
+    if len(recipes) > 1:
+        raise SystemExit(f"the runs have {len(recipes)} recipes ({', '.join(sorted(recipes))}): pick one with "
+                         f"--only-recipe, one recipe for every variant compared")
+    runs: dict[str, dict[tuple[str, int], float]] = {}
+    for r in rows:
+        runs.setdefault(aliases.get(r["name"], r["name"]), {})[(r["data_root"], r["seed"])] = 100 * r["aulc"]
+    roots = sorted({root for per in runs.values() for root, _ in per})
+    lines = [f"\npooled over {', '.join(roots)}: paired (data root, seed) units",
+             "| variant | vs | units | mean +- std | wins | p (t) | p (W) |", "|---|---|---|---|---|---|---|"]
+    for ref in [x for x in references if x in runs]:
+        for nm in sorted(runs):
+            common = sorted(set(runs[nm]) & set(runs[ref]))
+            if nm == ref or len(common) < 2:
+                continue
+            d = np.array([runs[nm][u] - runs[ref][u] for u in common])
+            p_w = stats.wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+            lines.append(f"| {nm} | {ref} | {d.size} | {d.mean():+.2f} +- {d.std(ddof=1):.2f} | {int((d > 0).sum())}/"
+                         f"{d.size} | {stats.ttest_1samp(d, 0.0).pvalue:.3f} | {p_w:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root")
@@ -366,6 +397,10 @@ def main() -> None:
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--reference", default="random,entropy,margin")
     ap.add_argument("--only-recipe", default=None, help="summary: only runs of this recipe key")
+    ap.add_argument("--pool", action="append", default=[], metavar="FILE",
+                    help="summary: also read FILE, and pool the paired differences over every (data root, seed)")
+    ap.add_argument("--alias", action="append", default=[], metavar="OLD=NEW",
+                    help="pooled summary: the variant OLD is NEW (the same strategy and params, named otherwise)")
     ap.add_argument("--probe", default="", help="cycles of random's labeled set to probe one step from (e.g. 0,4)")
     args = ap.parse_args()
     out = Path(args.out)
@@ -373,6 +408,10 @@ def main() -> None:
     if args.summary:
         if args.probe:
             print(probe_summary(load(out), root))
+        elif args.pool:
+            rows = load(out) + [r for f in args.pool for r in load(Path(f))]
+            aliases = dict(a.split("=", 1) for a in args.alias)
+            print(pooled_summary(rows, args.reference.split(","), aliases, args.only_recipe))
         else:
             print(summary(load(out), args.reference.split(","), root, args.only_recipe))
         return
