@@ -140,7 +140,8 @@ class DAALParams(Config):
             paper) selects by ScoreNet's score ``s`` alone, 1 by the margin alone. The margin
             is ``p_(1) - p_(2)`` of the task model's softmax. 0.8 by default: ScoreNet's
             score alone trailed entropy and margin on digits and on the natural-image check
-            (5 paired seeds each, BENCHMARKS.md); with 0.8 and ``class_balance`` it does not.
+            (5 paired seeds each, BENCHMARKS.md); with 0.8 and ``class_balance`` it is level
+            with them or ahead (digits; two disjoint CIFAR-10 splits, 10 paired seeds).
         class_balance: select by each sample's rank (the empirical CDF of its score, fused
             with the margin if ``margin_weight``) among the fit sample's unlabeled samples
             of the same predicted class, instead of by the score itself: the top-K then
