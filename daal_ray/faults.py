@@ -54,14 +54,12 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-__all__ = ["ANY", "CRASH_ENV", "GROUP_ENV", "HELD_SUFFIX", "HOLD_ENV", "LOG_ENV", "RECORD", "RELEASE_SUFFIX",
-           "CrashPlan", "arm_hold", "crash_point", "parse_plan", "point_name", "read_points"]
+__all__ = ["ANY", "CRASH_ENV", "GROUP_ENV", "HOLD_ENV", "LOG_ENV", "RECORD", "CrashPlan", "arm_hold", "crash_point",
+           "held_file", "parse_plan", "point_name", "read_points", "release_file"]
 
 CRASH_ENV = "DAAL_RAY_CRASH_AT"
 LOG_ENV = "DAAL_RAY_CRASH_LOG"
 HOLD_ENV = "DAAL_RAY_HOLD_AT"
-HELD_SUFFIX = ".held"  # LOG + this: the held process's pid, once it holds
-RELEASE_SUFFIX = ".release"  # LOG + this: created by the test, it lets the held process go on
 # Set by the job's driver for the Ray processes it starts (they inherit its environment).
 GROUP_ENV = "DAAL_RAY_CRASH_GROUP"
 RECORD = "record"
@@ -164,18 +162,27 @@ def crash_point(kind: str, path: str | os.PathLike | None = None) -> None:
             os.kill(os.getpid(), signal.SIGKILL)  # a Ray worker leads a group of its own
         hold = _HOLD is not None and _HOLD.due(before, point)
     if hold:  # outside the lock: the job's other processes go on counting
-        _hold_until_released(log)
+        _hold_until_released(_HOLD.log)
+
+
+def held_file(log: str | os.PathLike) -> Path:
+    """``LOG.held``: the pid of the process a hold plan counted in ``log`` holds, once it holds."""
+    return Path(f"{os.fspath(log)}.held")
+
+
+def release_file(log: str | os.PathLike) -> Path:
+    """``LOG.release``: created by the test, it lets the held process go on."""
+    return Path(f"{os.fspath(log)}.release")
 
 
 def _hold_until_released(log: Path) -> None:
     """Write this process's pid to ``LOG.held`` (whole, by a rename), then wait until
     ``LOG.release`` exists."""
-    held = Path(f"{log}{HELD_SUFFIX}")
+    held = held_file(log)
     tmp = held.with_name(f".{held.name}.{os.getpid()}")
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, held)
-    release = Path(f"{log}{RELEASE_SUFFIX}")
-    while not release.exists():
+    while not release_file(log).exists():
         time.sleep(0.05)
 
 

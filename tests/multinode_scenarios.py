@@ -187,12 +187,12 @@ def train_worker_node(nodes: Nodes, out: Path) -> dict:
         real_loop(config)
 
     def remove_when_cycle_1_trains() -> None:
-        _wait_for(lambda: Path(f"{log}{faults.HELD_SUFFIX}").exists(), "cycle 1 trained")
+        _wait_for(lambda: faults.held_file(log).exists(), "cycle 1 trained")
         seen["checkpoint_0_mtime"] = (run_dir / "checkpoints" / "cycle_000").stat().st_mtime
         victim = nodes.worker_ids[-1]
         nodes.remove(victim)
         seen["removed"] = victim
-        Path(f"{log}{faults.RELEASE_SUFFIX}").touch()  # rank 0, if it was not on that node
+        faults.release_file(log).touch()  # rank 0, if it was not on that node
 
     killer = threading.Thread(target=remove_when_cycle_1_trains, daemon=True)
     killer.start()

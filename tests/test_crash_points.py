@@ -157,7 +157,7 @@ def test_the_hold_point_holds_its_process_until_released_and_a_resumed_job_passe
     proc = subprocess.Popen([sys.executable, "-c", _HOLDING, how], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "past 1\n"
-        held = Path(f"{log}{faults.HELD_SUFFIX}")
+        held = faults.held_file(log)
         deadline = time.time() + 60
         while not held.exists():
             assert proc.poll() is None and time.time() < deadline, "the process did not hold"
@@ -165,11 +165,11 @@ def test_the_hold_point_holds_its_process_until_released_and_a_resumed_job_passe
         assert held.read_text() == str(proc.pid)
         time.sleep(0.5)
         assert proc.poll() is None, "held until released"
-        Path(f"{log}{faults.RELEASE_SUFFIX}").touch()
+        faults.release_file(log).touch()
         assert proc.communicate(timeout=60)[0] == "past 2\n" and proc.returncode == 0
     finally:
         proc.kill()
-    Path(f"{log}{faults.RELEASE_SUFFIX}").unlink()
+    faults.release_file(log).unlink()
     again = subprocess.run([sys.executable, "-c", _HOLDING, how], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout == "past 1\npast 2\n", again.stderr
     assert [n for _, n in faults.read_points(log)] == [1, 2, 3, 4]

@@ -214,7 +214,7 @@ def _hold_after_cycle_0(log: Path) -> dict[str, str]:
 
 def _wait_for_hold(log: Path, job: subprocess.Popen, timeout: float = 400) -> int:
     """The pid of the job's process held after cycle 0 was recorded, once it holds."""
-    held = Path(f"{log}{faults.HELD_SUFFIX}")
+    held = faults.held_file(log)
     deadline = time.time() + timeout
     while not held.exists():
         assert time.time() < deadline, "cycle 0 was not recorded"

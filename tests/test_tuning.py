@@ -261,7 +261,7 @@ def test_sweep_killed_after_first_trial_resumes_without_redoing(tmp_path):
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 540
-            while not Path(f"{points}{faults.HELD_SUFFIX}").exists():
+            while not faults.held_file(points).exists():
                 assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no trial finished in time"
                 time.sleep(0.2)
